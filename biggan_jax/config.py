@@ -1,0 +1,64 @@
+"""The BigGAN base configuration; files in configs/ start from it and override.
+
+Every field can be overridden on the command line (`--config.batch_size=512`,
+`--config.model.ch=64`); the config is locked, so a misspelt field is an error.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # 'digits' (embedded), a tfds name ('imagenet2012', 'cifar10', ...) or an image folder path.
+  c.dataset = "imagenet2012"
+  c.data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets).
+  c.download_dataset = False  # Allow tfds to download and prepare a missing dataset.
+  c.random_flip = True
+
+  c.batch_size = 256  # Global batch per D or G update, over all devices and hosts.
+  c.num_accumulations = 1  # Split each update's batch into this many micro-batches.
+  c.num_train_steps = 500_000  # Iterations (each: num_d_steps D updates + 1 G update).
+  c.num_d_steps = 2
+  c.loss = "hinge"  # 'hinge' or 'non_saturating'.
+  c.g_lr = 1e-4
+  c.d_lr = 4e-4
+  c.adam_b1 = 0.0
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-6
+  c.ortho_reg = 1e-4  # Off-diagonal orthogonal regularisation strength for G; 0 disables.
+  c.ema_decay = 0.9999
+  c.ema_start = 20_000  # G-EMA is a plain copy of G before this step.
+
+  c.checkpoint_every_steps = 1000
+  c.max_to_keep = 3
+  c.log_every_steps = 100
+  c.sample_every_steps = 1000  # Sample grid (G-EMA, fixed latents) to TensorBoard.
+  c.num_grid_samples = 64
+
+  m = c.model = ml_collections.ConfigDict()
+  m.architecture = "biggan"  # 'biggan' or 'biggan_deep'.
+  m.resolution = 128
+  m.ch = 96
+  m.dim_z = 120
+  m.shared_dim = 128
+  m.hierarchical = True  # BigGAN only; BigGAN-deep always concatenates all of z.
+  m.depth = 2  # BigGAN-deep blocks per stage.
+  m.g_attention = (64,)
+  m.d_attention = (64,)
+  m.num_classes = 1000  # 0: take it from the dataset.
+  m.sn_eps = 1e-6
+  m.bn_eps = 1e-5
+  m.compute_dtype = "float32"  # 'bfloat16' for bf16 activations (params, stats, losses stay f32).
+  return c
+
+
+def deep_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """BigGAN-deep settings of BigGAN-PyTorch's launch script (ch 128, dim_z 128)."""
+  c.model.architecture = "biggan_deep"
+  c.model.ch = 128
+  c.model.dim_z = 128
+  c.model.g_attention = (64,)
+  c.model.d_attention = (64,)
+  return c

@@ -1,0 +1,291 @@
+"""BigGAN training: the train state, the single jitted iteration, sampling helpers.
+
+One call of `train_iteration` is one BigGAN iteration, compiled as one XLA
+program: `num_d_steps` discriminator updates (a `lax.scan`, each over
+`num_accumulations` micro-batches), one generator update (with orthogonal
+regularisation), and the G-EMA update. Spectral-norm vectors of G and D and G's
+batch-norm running statistics advance with every training forward pass, as in
+BigGAN-PyTorch (G in train mode while D trains, D in train mode while G trains).
+The state is donated; with the batch sharded on the mesh's `data` axis all
+batch norms use global-batch statistics.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from biggan_jax import losses
+from biggan_jax.models import ModelPair, build_models
+from gan_core import parallel
+from gan_core.ema import ema_update
+
+MUTABLE_G = ("batch_stats", "spectral")
+MUTABLE_D = ("spectral",)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # Completed iterations.
+  rng: jax.Array  # Base key; iteration i uses fold_in(rng, i).
+  g_params: Any
+  g_state: Any  # {'batch_stats': ..., 'spectral': ...}
+  d_params: Any
+  d_state: Any  # {'spectral': ...}
+  g_opt_state: Any
+  d_opt_state: Any
+  ema_params: Any
+  ema_state: Any
+
+
+def sample_latents(key: jax.Array, num: int, dim_z: int, num_classes: int,
+                   truncation: float | None = None) -> tuple[jax.Array, jax.Array]:
+  """z ~ N(0, I) (or truncated to |z_i| <= truncation) and uniform class labels.
+
+  Truncation draws from the normal conditioned on |z_i| <= t, which is the
+  distribution of the paper's "resample values whose magnitude exceeds t".
+  """
+  kz, ky = jax.random.split(key)
+  if truncation:
+    z = jax.random.truncated_normal(kz, -truncation, truncation, (num, dim_z), jnp.float32)
+  else:
+    z = jax.random.normal(kz, (num, dim_z), jnp.float32)
+  y = jax.random.randint(ky, (num,), 0, num_classes, jnp.int32)
+  return z, y
+
+
+def ortho_reg_grads(params: Any, strength: float) -> Any:
+  """Gradient of BigGAN's off-diagonal orthogonal regulariser.
+
+  For every weight of G with ndim >= 2 except the shared embedding, viewed as
+  W (outputs x rest) like BigGAN-PyTorch, the gradient of
+  (strength / 2) * ||W W^T * (1 - I)||_F^2, i.e. 2 * strength * (W W^T * (1 - I)) W.
+  """
+  def leaf(path, w):
+    if w.ndim < 2 or any(getattr(k, "key", None) == "shared" for k in path):
+      return jnp.zeros_like(w)
+    mat = w.reshape(-1, w.shape[-1]).T
+    gram = mat @ mat.T
+    gram = gram * (1.0 - jnp.eye(gram.shape[0], dtype=gram.dtype))
+    return (2.0 * strength * (gram @ mat)).T.reshape(w.shape)
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def images_to_float(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def images_to_uint8(images: jax.Array) -> jax.Array:
+  """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
+  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class BigGANTrainer:
+  """Holds the models, optimizers and compiled functions for one config and mesh."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.models: ModelPair = build_models(config.model, num_classes)
+    self.num_classes = self.models.num_classes
+    if config.batch_size % config.num_accumulations:
+      raise ValueError(f"batch_size={config.batch_size} must be divisible by "
+                       f"num_accumulations={config.num_accumulations}")
+    self.micro_batch = config.batch_size // config.num_accumulations
+    parallel.check_batch_divisible(self.micro_batch, mesh,
+                                   "batch_size / num_accumulations")
+    self.d_loss_fn, self.g_loss_fn = losses.get_losses(config.loss)
+    adam = functools.partial(optax.adam, b1=config.adam_b1, b2=config.adam_b2,
+                             eps=config.adam_eps)
+    self.g_tx = adam(config.g_lr)
+    self.d_tx = adam(config.d_lr)
+    self.replicated = parallel.replicated(mesh)
+    self.batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
+    self.init_state = jax.jit(self._init_state, static_argnums=0,
+                              out_shardings=self.replicated)
+    self.train_iteration = jax.jit(self._train_iteration, donate_argnums=0,
+                                   out_shardings=(self.replicated, self.replicated))
+    self.generate = jax.jit(self._generate, static_argnames=("train",))
+
+  # ---------------------------------------------------------------- state
+  @property
+  def batch_leading_shape(self) -> tuple[int, int, int]:
+    """Shape of the leading axes of one iteration's real batch (batch axis last)."""
+    return (self.config.num_d_steps, self.config.num_accumulations, self.micro_batch)
+
+  @property
+  def examples_per_iteration(self) -> int:
+    return self.config.num_d_steps * self.config.batch_size
+
+  def _init_variables(self, key: jax.Array):
+    res, dim_z = self.models.resolution, self.models.dim_z
+    kg, kd = jax.random.split(key)
+    z = jnp.zeros((2, dim_z), jnp.float32)
+    y = jnp.zeros((2,), jnp.int32)
+    g_vars = self.models.generator.init(kg, z, y, train=True)
+    d_vars = self.models.discriminator.init(kd, jnp.zeros((2, res, res, 3), jnp.float32), y)
+    return g_vars, d_vars
+
+  def _init_state(self, seed: int) -> TrainState:
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    g_vars, d_vars = self._init_variables(init_key)
+    g_vars = dict(g_vars)
+    d_vars = dict(d_vars)
+    g_params = g_vars.pop("params")
+    d_params = d_vars.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), rng=train_key,
+        g_params=g_params, g_state=g_vars, d_params=d_params, d_state=d_vars,
+        g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
+        ema_params=g_params, ema_state=g_vars)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the train state (for restoring)."""
+    shapes = jax.eval_shape(self._init_state, self.config.seed)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
+  def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
+    """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
+    state = jax.eval_shape(self._init_state, 0)
+    flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): list(leaf.shape)
+                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {"generator": flat(state.g_params), "discriminator": flat(state.d_params)}
+
+  # ---------------------------------------------------------------- forward passes
+  def _shard_batch(self, x: jax.Array) -> jax.Array:
+    return jax.lax.with_sharding_constraint(x, self.batch_sharding)
+
+  def _g_forward(self, g_params, g_state, z, y):
+    return self.models.generator.apply({"params": g_params, **g_state}, z, y, train=True,
+                                       mutable=MUTABLE_G)
+
+  def _d_forward(self, d_params, d_state, x, y):
+    return self.models.discriminator.apply({"params": d_params, **d_state}, x, y,
+                                           mutable=MUTABLE_D)
+
+  def _latents(self, key):
+    z, y = sample_latents(key, self.micro_batch, self.models.dim_z, self.num_classes)
+    return self._shard_batch(z), self._shard_batch(y)
+
+  # ---------------------------------------------------------------- one iteration
+  def _d_micro_step(self, g_params, d_params, carry, inputs):
+    g_state, d_state, grad_sum = carry
+    real, real_labels, key = inputs
+    z, fake_labels = self._latents(key)
+    fake, g_state = self._g_forward(g_params, g_state, z, fake_labels)
+    fake = jax.lax.stop_gradient(fake)
+    # One D pass over fakes and reals, interleaved per example so that every device
+    # keeps its own shard (no resharding); D has no batch-dependent layers.
+    batch = real.shape[0]
+    x = jnp.stack([fake, images_to_float(real)], axis=1).reshape((2 * batch,) + real.shape[1:])
+    y = jnp.stack([fake_labels, real_labels], axis=1).reshape(-1)
+
+    def loss_fn(params):
+      scores, new_d_state = self._d_forward(params, d_state, x, y)
+      scores = scores.reshape(batch, 2)
+      d_fake, d_real = scores[:, 0], scores[:, 1]
+      loss_real, loss_fake = self.d_loss_fn(d_real, d_fake)
+      metrics = {"d_loss_real": loss_real, "d_loss_fake": loss_fake,
+                 "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
+      return loss_real + loss_fake, (new_d_state, metrics)
+
+    (loss, (d_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return (g_state, d_state, grad_sum), dict(metrics, d_loss=loss)
+
+  def _d_update(self, g_params, carry, inputs):
+    g_state, d_params, d_state, d_opt_state = carry
+    real, labels, key = inputs
+    keys = jax.random.split(key, self.config.num_accumulations)
+    zeros = jax.tree.map(jnp.zeros_like, d_params)
+    (g_state, d_state, grads), metrics = jax.lax.scan(
+        functools.partial(self._d_micro_step, g_params, d_params), (g_state, d_state, zeros),
+        (real, labels, keys))
+    grads = jax.tree.map(lambda g: g / self.config.num_accumulations, grads)
+    updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics["d_grad_norm"] = optax.global_norm(grads)
+    return (g_state, d_params, d_state, d_opt_state), metrics
+
+  def _g_micro_step(self, g_params, d_params, carry, key):
+    g_state, d_state, grad_sum = carry
+    z, labels = self._latents(key)
+
+    def loss_fn(params):
+      fake, new_g_state = self._g_forward(params, g_state, z, labels)
+      scores, new_d_state = self._d_forward(d_params, d_state, fake, labels)
+      return self.g_loss_fn(scores), (new_g_state, new_d_state)
+
+    (loss, (g_state, d_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_params)
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return (g_state, d_state, grad_sum), loss
+
+  def _train_iteration(self, state: TrainState, batch: dict[str, jax.Array]
+                       ) -> tuple[TrainState, dict[str, jax.Array]]:
+    cfg = self.config
+    key = jax.random.fold_in(state.rng, state.step)
+    d_key, g_key = jax.random.split(key)
+
+    # Discriminator: num_d_steps updates, each on its own real batch.
+    (g_state, d_params, d_state, d_opt_state), d_metrics = jax.lax.scan(
+        functools.partial(self._d_update, state.g_params), (state.g_state, state.d_params, state.d_state, state.d_opt_state),
+        (batch["images"], batch["labels"], jax.random.split(d_key, cfg.num_d_steps)))
+
+    # Generator: one update against the updated D.
+    zeros = jax.tree.map(jnp.zeros_like, state.g_params)
+    (g_state, d_state, g_grads), g_losses = jax.lax.scan(
+        functools.partial(self._g_micro_step, state.g_params, d_params),
+        (g_state, d_state, zeros), jax.random.split(g_key, cfg.num_accumulations))
+    g_grads = jax.tree.map(lambda g: g / cfg.num_accumulations, g_grads)
+    if cfg.ortho_reg > 0:
+      g_grads = jax.tree.map(jnp.add, g_grads, ortho_reg_grads(state.g_params, cfg.ortho_reg))
+    updates, g_opt_state = self.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+
+    # G-EMA over parameters and state (BN running stats, SN vectors), as
+    # BigGAN-PyTorch averages the whole state dict; a plain copy before ema_start.
+    decay = jnp.where(state.step < cfg.ema_start, 0.0, cfg.ema_decay)
+    ema_params = ema_update(state.ema_params, g_params, decay)
+    ema_state = ema_update(state.ema_state, g_state, decay)
+
+    metrics = jax.tree.map(jnp.mean, d_metrics)
+    metrics["g_loss"] = jnp.mean(g_losses)
+    metrics["g_grad_norm"] = optax.global_norm(g_grads)
+    new_state = TrainState(
+        step=state.step + 1, rng=state.rng, g_params=g_params, g_state=g_state,
+        d_params=d_params, d_state=d_state, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
+        ema_params=ema_params, ema_state=ema_state)
+    return new_state, metrics
+
+  # ---------------------------------------------------------------- sampling
+  def _generate(self, params, state, z, y, train: bool = False):
+    images = self.models.generator.apply({"params": params, **state}, z, y, train=train)
+    return images_to_uint8(images)
+
+  def standing_stats(self, params, state, key: jax.Array, num_batches: int = 16,
+                     batch_size: int = 256):
+    """BigGAN's standing statistics: BN statistics averaged over `num_batches`
+    batches of fresh samples, replacing the running averages for sampling."""
+    g_once = self.models.generator.clone(bn_momentum=1.0)
+
+    @jax.jit
+    def batch_stats_of(k):
+      z, y = sample_latents(k, batch_size, self.models.dim_z, self.num_classes)
+      _, new = g_once.apply({"params": params, **state}, z, y, train=True,
+                            mutable=["batch_stats"])
+      return new["batch_stats"]
+
+    total = None
+    for k in jax.random.split(key, num_batches):
+      stats = batch_stats_of(k)
+      total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    return {**state, "batch_stats": jax.tree.map(lambda s: s / num_batches, total)}

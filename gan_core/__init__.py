@@ -1,0 +1,1 @@
+"""Shared infrastructure for the GAN packages: mesh, data, checkpoints, logging."""

@@ -1,0 +1,89 @@
+"""Device mesh, batch sharding and multi-host initialisation.
+
+Everything is `jax.jit` over global arrays. The mesh has one axis, `data`, with
+`AxisType.Auto`, so XLA may insert the collectives a batch-sharded computation
+needs (batch-norm statistics over a batch-sharded array are therefore the
+global batch's statistics: cross-replica batch norm by construction).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> None:
+  """Starts the JAX multi-controller runtime when a multi-process run asks for it.
+
+  With explicit arguments they are used; otherwise nothing happens (single
+  process). TPU VMs and SLURM jobs can call `jax.distributed.initialize()`
+  without arguments; pass `coordinator_address='auto'` for that.
+  """
+  if coordinator_address is None and num_processes in (None, 1):
+    return
+  if coordinator_address == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def make_mesh(devices: list[Any] | None = None) -> Mesh:
+  """A 1-D mesh over all (global) devices with an Auto `data` axis."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, leading_unsharded_dims: int = 0) -> NamedSharding:
+  """Sharding for arrays whose batch axis follows `leading_unsharded_dims` axes."""
+  spec = (None,) * leading_unsharded_dims + (DATA_AXIS,)
+  return NamedSharding(mesh, P(*spec))
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "batch_size") -> None:
+  """Raises a ValueError explaining the divisibility rule if it is broken."""
+  num_devices = mesh.devices.size
+  num_processes = jax.process_count()
+  if global_batch <= 0 or global_batch % num_devices:
+    raise ValueError(
+        f"{what}={global_batch} cannot be split over {num_devices} devices: the global batch must "
+        f"be a positive multiple of the number of devices ({num_devices}). Choose e.g. "
+        f"{what}={max(1, global_batch // num_devices + 1) * num_devices}.")
+  if global_batch % num_processes:
+    raise ValueError(f"{what}={global_batch} must be a multiple of the number of processes "
+                     f"({num_processes}).")
+
+
+def local_batch_size(global_batch: int) -> int:
+  """The number of examples of a global batch this process feeds."""
+  return global_batch // jax.process_count()
+
+
+def global_array_from_local(local: np.ndarray, mesh: Mesh,
+                            leading_unsharded_dims: int = 0) -> jax.Array:
+  """Assembles per-process batch slices into one global array sharded on `data`.
+
+  `local` holds this process's contiguous part of the batch axis; the process
+  with index i holds rows [i*n, (i+1)*n) of the global batch.
+  """
+  sharding = batch_sharding(mesh, leading_unsharded_dims)
+  shape = list(local.shape)
+  shape[leading_unsharded_dims] *= jax.process_count()
+  return jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+
+
+def fetch_to_host(tree: Any) -> Any:
+  """Gathers (possibly sharded, possibly multi-host) arrays to numpy on every process."""
+  from jax.experimental import multihost_utils
+  if jax.process_count() > 1:
+    tree = multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree.map(np.asarray, tree)
