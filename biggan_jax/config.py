@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_accumulations = 1  # Split each update's batch into this many micro-batches.
   c.num_train_steps = 500_000  # Iterations (each: num_d_steps D updates + 1 G update).
   c.num_d_steps = 2
+  c.scan_unroll = "auto"  # D-step/accumulation loops: 'auto' (unrolled on CPU), 'always', 'never'.
   c.loss = "hinge"  # 'hinge' or 'non_saturating'.
   c.g_lr = 1e-4
   c.d_lr = 4e-4

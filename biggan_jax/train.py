@@ -1,7 +1,8 @@
 """BigGAN training: the train state, the single jitted iteration, sampling helpers.
 
 One call of `train_iteration` is one BigGAN iteration, compiled as one XLA
-program: `num_d_steps` discriminator updates (a `lax.scan`, each over
+program: `num_d_steps` discriminator updates (a `lax.scan` on accelerators,
+unrolled on CPU, see gan_core/loops.py; each over
 `num_accumulations` micro-batches), one generator update (with orthogonal
 regularisation), and the G-EMA update. Spectral-norm vectors of G and D and G's
 batch-norm running statistics advance with every training forward pass, as in
@@ -23,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from biggan_jax import losses
 from biggan_jax.models import ModelPair, build_models
-from gan_core import parallel
+from gan_core import loops, parallel
 from gan_core.ema import ema_update
 
 MUTABLE_G = ("batch_stats", "spectral")
@@ -101,6 +102,7 @@ class BigGANTrainer:
     self.micro_batch = config.batch_size // config.num_accumulations
     parallel.check_batch_divisible(self.micro_batch, mesh,
                                    "batch_size / num_accumulations")
+    self.unroll = loops.should_unroll(config.scan_unroll)
     self.d_loss_fn, self.g_loss_fn = losses.get_losses(config.loss)
     adam = functools.partial(optax.adam, b1=config.adam_b1, b2=config.adam_b2,
                              eps=config.adam_eps)
@@ -206,9 +208,9 @@ class BigGANTrainer:
     real, labels, key = inputs
     keys = jax.random.split(key, self.config.num_accumulations)
     zeros = jax.tree.map(jnp.zeros_like, d_params)
-    (g_state, d_state, grads), metrics = jax.lax.scan(
+    (g_state, d_state, grads), metrics = loops.scan(
         functools.partial(self._d_micro_step, g_params, d_params), (g_state, d_state, zeros),
-        (real, labels, keys))
+        (real, labels, keys), self.unroll)
     grads = jax.tree.map(lambda g: g / self.config.num_accumulations, grads)
     updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
@@ -236,15 +238,16 @@ class BigGANTrainer:
     d_key, g_key = jax.random.split(key)
 
     # Discriminator: num_d_steps updates, each on its own real batch.
-    (g_state, d_params, d_state, d_opt_state), d_metrics = jax.lax.scan(
+    (g_state, d_params, d_state, d_opt_state), d_metrics = loops.scan(
         functools.partial(self._d_update, state.g_params), (state.g_state, state.d_params, state.d_state, state.d_opt_state),
-        (batch["images"], batch["labels"], jax.random.split(d_key, cfg.num_d_steps)))
+        (batch["images"], batch["labels"], jax.random.split(d_key, cfg.num_d_steps)),
+        self.unroll)
 
     # Generator: one update against the updated D.
     zeros = jax.tree.map(jnp.zeros_like, state.g_params)
-    (g_state, d_state, g_grads), g_losses = jax.lax.scan(
+    (g_state, d_state, g_grads), g_losses = loops.scan(
         functools.partial(self._g_micro_step, state.g_params, d_params),
-        (g_state, d_state, zeros), jax.random.split(g_key, cfg.num_accumulations))
+        (g_state, d_state, zeros), jax.random.split(g_key, cfg.num_accumulations), self.unroll)
     g_grads = jax.tree.map(lambda g: g / cfg.num_accumulations, g_grads)
     if cfg.ortho_reg > 0:
       g_grads = jax.tree.map(jnp.add, g_grads, ortho_reg_grads(state.g_params, cfg.ortho_reg))
@@ -289,3 +292,137 @@ class BigGANTrainer:
       stats = batch_stats_of(k)
       total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     return {**state, "batch_stats": jax.tree.map(lambda s: s / num_batches, total)}
+
+
+# ==================================================================== the loop
+def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> int:
+  """Checks config.model.num_classes against the dataset (0 in the config: take the dataset's)."""
+  wanted = config.model.num_classes
+  if wanted and dataset_classes and wanted != dataset_classes:
+    raise ValueError(f"config.model.num_classes={wanted} but dataset {config.dataset!r} has "
+                     f"{dataset_classes} classes. Set --config.model.num_classes="
+                     f"{dataset_classes} (or 0 to take it from the dataset).")
+  if wanted and not dataset_classes and wanted > 1:
+    raise ValueError(f"dataset {config.dataset!r} has no labels (unconditional) but "
+                     f"config.model.num_classes={wanted}. Set --config.model.num_classes=0.")
+  return wanted or dataset_classes
+
+
+def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: int) -> dict:
+  """What a checkpoint records besides the state (checked when resuming)."""
+  import json
+  return {"step": step, "model": "biggan",
+          "config": json.loads(config.to_json_best_effort()),
+          "num_classes": trainer.num_classes,
+          "data_position": step * trainer.examples_per_iteration,
+          "parameter_shapes": trainer.parameter_shapes()}
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (what cloud/TPU preemption sends); the loop then saves and stops."""
+
+  def __init__(self):
+    import signal
+    self.requested = False
+    self._previous = None
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. inside some test runners).
+      pass
+
+  def _handle(self, signum, frame):
+    from absl import logging
+    logging.warning("SIGTERM received: saving a checkpoint at the current step and stopping.")
+    self.requested = True
+
+  def restore(self):
+    import signal
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
+  import os
+
+  import numpy as np
+  from absl import logging
+
+  from gan_core import checkpointing, monitoring
+  from gan_core.data import build_pipeline
+  from gan_core.images import make_grid
+
+  mesh = parallel.make_mesh()
+  pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
+                            config.random_flip, data_dir=config.data_dir or None,
+                            download=config.download_dataset)
+  trainer = BigGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
+  checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                           config.max_to_keep)
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    checkpointing.check_compatible(checkpoints.restore_meta(latest),
+                                   run_meta(config, trainer, latest),
+                                   checkpoints.directory, latest)
+    state = checkpoints.restore_state(latest, trainer.abstract_state())
+    logging.info("Resumed from %s at step %d.", checkpoints.directory, latest)
+  else:
+    state = trainer.init_state(config.seed)
+  start_step = int(monitoring.to_host(state.step))
+
+  writer = monitoring.create_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, dict)
+                          and not hasattr(v, "items")})
+  g_count = monitoring.log_parameter_overview("Generator", state.g_params)
+  d_count = monitoring.log_parameter_overview("Discriminator", state.d_params)
+  logging.info("G parameters: %d, D parameters: %d, devices: %d, processes: %d", g_count,
+               d_count, mesh.devices.size, jax.process_count())
+
+  grid_z, _ = sample_latents(jax.random.PRNGKey(config.seed + 1), config.num_grid_samples,
+                             trainer.models.dim_z, trainer.num_classes)
+  grid_y = jnp.arange(config.num_grid_samples, dtype=jnp.int32) % trainer.num_classes
+
+  data = pipeline.iterate(start_step * trainer.examples_per_iteration,
+                          trainer.batch_leading_shape)
+  progress = monitoring.Progress(start_step, config.num_train_steps,
+                                 trainer.examples_per_iteration)
+  preemption = _PreemptionFlag()
+  step = start_step
+
+  def ensure_finite(metrics) -> dict:
+    host = {k: float(v) for k, v in monitoring.to_host(metrics).items()}
+    bad = [k for k, v in host.items() if not np.isfinite(v)]
+    if bad:
+      raise FloatingPointError(
+          f"non-finite {', '.join(bad)} at step {step}; not saving this state. The latest "
+          f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}. "
+          "Lower the learning rates or try another seed, then rerun to resume from it.")
+    return host
+
+  try:
+    while step < config.num_train_steps and not preemption.requested:
+      local = next(data)
+      batch = {k: parallel.global_array_from_local(v, mesh, 2) for k, v in local.items()}
+      state, metrics = trainer.train_iteration(state, batch)
+      step += 1
+      last = step == config.num_train_steps
+      save = last or preemption.requested or step % config.checkpoint_every_steps == 0
+      if save or step % config.log_every_steps == 0:
+        scalars = ensure_finite(metrics)
+        scalars.update(progress.report(step), g_lr=config.g_lr, d_lr=config.d_lr)
+        writer.write_scalars(step, scalars)
+      if config.sample_every_steps and (step % config.sample_every_steps == 0 or last):
+        images = trainer.generate(state.ema_params, state.ema_state, grid_z, grid_y)
+        writer.write_images(step, {"samples_ema": make_grid(
+            monitoring.to_host(images), int(np.ceil(np.sqrt(config.num_grid_samples))))[None]})
+      if save:
+        checkpoints.save(step, state, run_meta(config, trainer, step))
+    writer.flush()
+  finally:
+    preemption.restore()
+    checkpoints.close()
+    writer.close()
+  if step < config.num_train_steps:
+    logging.warning("Stopped at step %d on request; rerun the same command to continue.", step)
+  return state

@@ -1,0 +1,72 @@
+r"""Times the compiled BigGAN training iteration.
+
+  python benchmarks/train_step.py --config=configs/imagenet128.py [--batch_size=B] [--steps=N]
+
+Builds the train state and a synthetic uint8 batch on the mesh (all devices),
+compiles, runs `--warmup` iterations, then times `--steps` iterations and prints
+`images/s: X` (real images consumed by D per second, i.e. num_d_steps * batch
+per iteration) and `ms/iteration: X`. Extra `--config.FIELD=VALUE` overrides apply.
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from gan_core.cli import parse_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_integer("batch_size", None, "Global batch size (overrides the config).")
+flags.DEFINE_integer("steps", 10, "Timed iterations.")
+flags.DEFINE_integer("warmup", 2, "Untimed iterations after compilation.")
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  from biggan_jax.train import BigGANTrainer
+  from gan_core import parallel
+  config = FLAGS.config
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
+  mesh = parallel.make_mesh()
+  num_classes = config.model.num_classes or 1
+  trainer = BigGANTrainer(config, num_classes, mesh)
+  state = trainer.init_state(config.seed)
+  rng = np.random.default_rng(0)
+  shape = trainer.batch_leading_shape
+  local = shape[:-1] + (shape[-1] // jax.process_count(),)
+  res = config.model.resolution
+  batch = {
+      "images": parallel.global_array_from_local(
+          rng.integers(0, 256, local + (res, res, 3), dtype=np.uint8), mesh, 2),
+      "labels": parallel.global_array_from_local(
+          rng.integers(0, num_classes, local).astype(np.int32), mesh, 2)}
+  t0 = time.perf_counter()
+  state, metrics = trainer.train_iteration(state, batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  for _ in range(FLAGS.warmup):
+    state, metrics = trainer.train_iteration(state, batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    state, metrics = trainer.train_iteration(state, batch)
+  jax.block_until_ready(metrics)
+  elapsed = time.perf_counter() - t0
+  ms = elapsed / FLAGS.steps * 1000
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
+        f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
+  print(f"config: resolution={res} ch={config.model.ch} arch={config.model.architecture} "
+        f"batch_size={config.batch_size} num_d_steps={config.num_d_steps} "
+        f"num_accumulations={config.num_accumulations} dtype={config.model.compute_dtype}")
+  print(f"first call (compile + 1 iteration): {compile_s:.1f} s")
+  print(f"images/s: {trainer.examples_per_iteration / (ms / 1000):.1f}")
+  print(f"ms/iteration: {ms:.1f}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,134 @@
+"""Checkpoints: the one module that talks to Orbax.
+
+A checkpoint step holds two items: `state` (the whole train-state pytree, saved
+by every process through Orbax) and `meta` (JSON: the config, parameter shapes,
+data position, step). Saves are asynchronous and atomic (Orbax writes to a
+temporary directory and renames it when complete), so a run killed mid-save
+leaves the previous checkpoints intact and the partial one is ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be written or read; the message says what to do."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+  """The checkpoint in the workdir was written for a different model."""
+
+
+def _as_path(directory: str) -> str:
+  return directory if "://" in directory else os.path.abspath(os.path.expanduser(directory))
+
+
+class Checkpointer:
+  """Orbax CheckpointManager over `directory`, keeping `max_to_keep` steps."""
+
+  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = _as_path(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "meta"))
+    except OSError as e:
+      raise CheckpointError(f"cannot create or open the checkpoint directory "
+                            f"{self.directory!r}: {e}. Check that the workdir is writable "
+                            "and the disk is not full.") from e
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+    """Starts an asynchronous save of `state` and `meta` at `step`."""
+    meta = json.loads(json.dumps(meta))  # Fail here, not in a background thread.
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except OSError as e:
+      raise CheckpointError(self._write_failure(step, e)) from e
+
+  def wait(self) -> None:
+    """Blocks until pending saves are on disk."""
+    try:
+      self._manager.wait_until_finished()
+    except OSError as e:
+      raise CheckpointError(self._write_failure(None, e)) from e
+
+  def _write_failure(self, step: int | None, error: Exception) -> str:
+    kept = self.all_steps()
+    return (f"writing checkpoint {'' if step is None else step} to {self.directory!r} failed: "
+            f"{error}. The disk may be full or read-only. Earlier checkpoints are untouched "
+            f"(steps {kept}); free space or fix permissions and rerun the same command to "
+            "resume from the latest of them.")
+
+  def restore_meta(self, step: int) -> dict[str, Any]:
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
+
+  def restore_state(self, step: int, abstract_state: Any) -> Any:
+    """Restores `state` at `step` onto the shardings of `abstract_state`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"]
+
+  def close(self) -> None:
+    self.wait()
+    self._manager.close()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def check_compatible(saved_meta: Mapping[str, Any], current_meta: Mapping[str, Any],
+                     directory: str, step: int, model_keys: tuple[str, ...] = ("model",)) -> None:
+  """Raises IncompatibleCheckpointError naming every architecture mismatch.
+
+  Compares the model config sections and the parameter shapes. Other config
+  differences (learning rate, number of steps, ...) are allowed and logged.
+  """
+  problems = []
+  saved_cfg = _flatten(saved_meta.get("config", {}))
+  current_cfg = _flatten(json.loads(json.dumps(current_meta.get("config", {}))))
+  for key in sorted(set(saved_cfg) | set(current_cfg)):
+    old, new = saved_cfg.get(key, "<absent>"), current_cfg.get(key, "<absent>")
+    if old == new:
+      continue
+    if key.split(".")[0] in model_keys:
+      problems.append(f"config {key}: checkpoint {old!r}, current {new!r}")
+    elif jax.process_index() == 0:
+      logging.warning("Resuming with a changed setting %s: checkpoint %r, current %r",
+                      key, old, new)
+  saved_shapes = _flatten(saved_meta.get("parameter_shapes", {}))
+  current_shapes = _flatten(current_meta.get("parameter_shapes", {}))
+  for name in sorted(set(saved_shapes) | set(current_shapes)):
+    old, new = saved_shapes.get(name, "<absent>"), current_shapes.get(name, "<absent>")
+    if old != new:
+      problems.append(f"parameter {name}: checkpoint shape {old}, current {new}")
+  if problems:
+    shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+    raise IncompatibleCheckpointError(
+        f"the checkpoint at {directory!r} (step {step}) was written for a different model "
+        "and cannot be resumed with this config:\n  " + "\n  ".join(shown) +
+        "\nThe checkpoint has not been modified. Use a new --workdir for this config, or pass "
+        "the settings the checkpoint was trained with (they are saved in its meta/ item).")

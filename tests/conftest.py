@@ -1,0 +1,51 @@
+"""Test setup: 8 simulated CPU devices, TensorFlow kept quiet and off accelerators."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import importlib.util  # noqa: E402
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_config(name: str, arg=None):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config():
+  """A BigGAN small enough to compile and train in seconds (32x32, digits)."""
+  from biggan_jax.config import base_config
+  c = base_config()
+  c.dataset = "digits"
+  c.random_flip = False
+  c.batch_size = 8
+  c.num_d_steps = 2
+  c.num_train_steps = 4
+  c.checkpoint_every_steps = 2
+  c.log_every_steps = 2
+  c.sample_every_steps = 0
+  c.num_grid_samples = 4
+  c.ema_start = 2
+  c.ema_decay = 0.9
+  m = c.model
+  m.resolution = 32
+  m.ch = 4
+  m.dim_z = 16
+  m.shared_dim = 8
+  m.g_attention = (16,)
+  m.d_attention = (16,)
+  m.num_classes = 10
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config()

@@ -1,0 +1,126 @@
+"""Orbax checkpoints: exact resume (also after SIGKILL), refusal of incompatible ones."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from biggan_jax.train import BigGANTrainer, train_and_evaluate
+from gan_core import parallel
+from gan_core.checkpointing import Checkpointer, IncompatibleCheckpointError
+from conftest import REPO, tiny_config
+
+
+def restore_final(workdir, config):
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.latest_step()
+  trainer = BigGANTrainer(config, 10, parallel.make_mesh())
+  state = checkpoints.restore_state(step, trainer.abstract_state())
+  meta = checkpoints.restore_meta(step)
+  checkpoints.close()
+  return step, jax.tree.map(np.asarray, state), meta
+
+
+def assert_states_identical(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+  config = tiny_config()
+  straight = train_and_evaluate(config, str(tmp_path / "straight"))
+  first = tiny_config()
+  first.num_train_steps = 2
+  train_and_evaluate(first, str(tmp_path / "resumed"))
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert int(resumed.step) == 4
+  assert_states_identical(jax.tree.map(np.asarray, straight), jax.tree.map(np.asarray, resumed))
+  step, from_disk, meta = restore_final(str(tmp_path / "resumed"), config)
+  assert step == 4 and meta["data_position"] == 4 * 2 * 8
+  assert meta["config"]["model"]["ch"] == 4 and "generator" in meta["parameter_shapes"]
+  assert_states_identical(from_disk, jax.tree.map(np.asarray, straight))
+
+
+def test_incompatible_checkpoint_is_refused_and_left_untouched(tmp_path):
+  config = tiny_config()
+  config.num_train_steps = 2
+  train_and_evaluate(config, str(tmp_path))
+  ckpt_dir = tmp_path / "checkpoints"
+  before = {p: p.stat().st_mtime_ns for p in ckpt_dir.rglob("*")}
+  wider = tiny_config()
+  wider.model.ch = 8
+  wider.num_train_steps = 4
+  with pytest.raises(IncompatibleCheckpointError) as error:
+    train_and_evaluate(wider, str(tmp_path))
+  message = str(error.value)
+  assert "model.ch: checkpoint 4, current 8" in message
+  assert "parameter generator/linear/kernel" in message
+  assert "not been modified" in message
+  assert {p: p.stat().st_mtime_ns for p in ckpt_dir.rglob("*")} == before
+
+
+CLI_TINY = ["--config.model.ch=4", "--config.model.dim_z=16", "--config.model.shared_dim=8",
+            "--config.batch_size=8", "--config.num_train_steps=6",
+            "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
+            "--config.sample_every_steps=0", "--config.ema_start=2"]
+
+
+def run_main(workdir, extra=(), **kwargs):
+  command = [sys.executable, "-m", "biggan_jax.main", "--config=configs/digits32.py",
+             f"--workdir={workdir}", *CLI_TINY, *extra]
+  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+  reference = run_main(tmp_path / "reference")
+  victim = run_main(tmp_path / "victim")
+  ckpt_dir = tmp_path / "victim" / "checkpoints"
+  deadline = time.time() + 600
+  while time.time() < deadline and victim.poll() is None:
+    if ckpt_dir.is_dir() and any(p.name.isdigit() and int(p.name) >= 2 for p in ckpt_dir.iterdir()):
+      break
+    time.sleep(0.05)
+  assert victim.poll() is None, "the run finished before it could be killed"
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  killed_at = Checkpointer(str(ckpt_dir)).latest_step()
+  assert killed_at is not None and killed_at < 6
+  resumed = run_main(tmp_path / "victim")
+  _, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err[-3000:]
+  assert "Resumed from" in err
+  _, err = reference.communicate(timeout=600)
+  assert reference.returncode == 0, err[-3000:]
+  config = tiny_config()
+  config.model.ch, config.batch_size = 4, 8
+  ref_step, ref_state, _ = restore_final(str(tmp_path / "reference"), config)
+  step, state, _ = restore_final(str(tmp_path / "victim"), config)
+  assert ref_step == step == 6
+  assert_states_identical(ref_state, state)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  process = run_main(tmp_path, ["--config.num_train_steps=100000",
+                                "--config.checkpoint_every_steps=100000"])
+  ckpt_dir = tmp_path / "checkpoints"
+  deadline = time.time() + 600
+  # Wait until training runs (TensorBoard events appear after the first log step).
+  while time.time() < deadline and process.poll() is None:
+    events = list((tmp_path / "tensorboard").glob("events*")) if (tmp_path / "tensorboard").is_dir() else []
+    if events and events[0].stat().st_size > 2000:
+      break
+    time.sleep(0.1)
+  started = time.time()
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err[-3000:]
+  assert time.time() - started < 60
+  step = Checkpointer(str(ckpt_dir)).latest_step()
+  assert step is not None and 0 < step < 100000

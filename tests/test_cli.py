@@ -1,0 +1,82 @@
+"""Command lines: dry run, config errors, sampling."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from biggan_jax.train import train_and_evaluate
+from conftest import REPO, tiny_config
+
+
+def run(*args, timeout=600):
+  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+  return result.returncode, result.stdout, result.stderr
+
+
+def test_dry_run_prints_counts_without_data(tmp_path):
+  code, out, err = run("biggan_jax.main", "--config=configs/imagenet256.py", "--dry_run",
+                       f"--workdir={tmp_path}")
+  assert code == 0, err[-2000:]
+  assert "G parameters: 82097604" in out.splitlines()
+  assert "D parameters: 99225890" in out.splitlines()
+  assert "checkpoint step: none" in out
+  assert "dataset: imagenet2012" in out  # the resolved config is printed
+
+
+def test_unknown_config_field_is_an_error_naming_it():
+  code, out, err = run("biggan_jax.main", "--config=configs/imagenet128.py",
+                       "--config.model.chanels=3", "--dry_run")
+  assert code == 2
+  assert "chanels" in err and "config" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trained")
+  config = tiny_config()
+  config.num_train_steps = 2
+  train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def test_sample_cli_is_reproducible_and_writes_labels(trained_workdir, tmp_path):
+  outputs = []
+  for name in ("a", "b"):
+    out = tmp_path / f"{name}.npz"
+    code, stdout, err = run("biggan_jax.sample", f"--workdir={trained_workdir}", f"--out={out}",
+                            "--num_samples=5", "--seed=7", "--labels=3,3,7", "--truncation=1.0",
+                            "--grid")
+    assert code == 0, err[-2000:]
+    outputs.append(out)
+  digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+  assert digest(outputs[0]) == digest(outputs[1])
+  assert digest(outputs[0].with_suffix(".png")) == digest(outputs[1].with_suffix(".png"))
+  data = np.load(outputs[0])
+  assert data["images"].dtype == np.uint8 and data["images"].shape == (5, 32, 32, 3)
+  assert data["labels"].dtype == np.int32 and list(data["labels"]) == [3, 3, 7, 3, 3]
+  code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                     f"--out={tmp_path / 'c.npz'}", "--num_samples=5", "--seed=8")
+  assert code == 0 and digest(tmp_path / "c.npz") != digest(outputs[0])
+
+
+def test_sample_cli_sheets_interpolations_and_errors(trained_workdir, tmp_path):
+  code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                     f"--out={tmp_path / 'sheet.npz'}", "--class_sheet", "--num_samples=2")
+  assert code == 0, err[-2000:]
+  sheet = np.load(tmp_path / "sheet.npz")
+  assert list(sheet["labels"]) == [c for c in range(10) for _ in range(2)]
+  code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                     f"--out={tmp_path / 'interp.png'}", "--interpolate=4", "--num_samples=2",
+                     "--standing_stats=2")
+  assert code == 0, err[-2000:]
+  assert (tmp_path / "interp.png").stat().st_size > 0
+  code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                     f"--out={tmp_path / 'x.npz'}", "--labels=12")
+  assert code != 0 and "outside [0, 10)" in err
+  code, _, err = run("biggan_jax.sample", f"--workdir={tmp_path / 'nothing'}",
+                     f"--out={tmp_path / 'x.npz'}")
+  assert code != 0 and "no checkpoints" in err

@@ -1,0 +1,160 @@
+"""Architecture facts: parameter counts, conditional BN, spectral norm, attention."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from biggan_jax import layers
+from biggan_jax.models import build_models
+from conftest import load_config
+
+
+def count(tree):
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def param_counts(config):
+  pair = build_models(config.model, config.model.num_classes)
+  r, dz = config.model.resolution, config.model.dim_z
+  y = jnp.zeros((2,), jnp.int32)
+  g = jax.eval_shape(lambda: pair.generator.init(jax.random.PRNGKey(0), jnp.zeros((2, dz)), y))
+  d = jax.eval_shape(lambda: pair.discriminator.init(jax.random.PRNGKey(0),
+                                                      jnp.zeros((2, r, r, 3)), y))
+  return count(g["params"]), count(d["params"]), g, d
+
+
+# BigGAN-PyTorch's trainable-parameter counts (the published models).
+@pytest.mark.parametrize("name,arg,overrides,expected", [
+    ("imagenet128", None, {}, (70_433_988, 87_982_370)),
+    ("imagenet128", None, {"ch": 64}, (31_978_628, 39_448_258)),
+    ("imagenet128_deep", None, {}, (50_244_484, 34_590_210)),
+    ("imagenet128", "deep", {}, (50_244_484, 34_590_210)),
+    ("imagenet256", None, {}, (82_097_604, 99_225_890)),
+])
+def test_parameter_counts_equal_biggan_pytorch(name, arg, overrides, expected):
+  config = load_config(name, arg)
+  for key, value in overrides.items():
+    config.model[key] = value
+  g, d, _, _ = param_counts(config)
+  assert (g, d) == expected
+
+
+@pytest.mark.parametrize("name", ["imagenet512", "imagenet256_deep", "imagenet512_deep"])
+def test_other_presets_build_and_keep_state_out_of_params(name):
+  g, d, g_vars, d_vars = param_counts(load_config(name))
+  assert g > 4e7 and d > 3e7
+  assert set(g_vars) == {"params", "batch_stats", "spectral"}
+  assert set(d_vars) == {"params", "spectral"}
+  # Power-iteration vectors and BN statistics are never trainable parameters.
+  flat = jax.tree_util.tree_flatten_with_path(g_vars["params"])[0]
+  assert not any("u" == getattr(p[-1], "key", None) for p, _ in flat)
+
+
+def test_conditional_bn_is_bn_times_one_plus_gain_plus_bias():
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 4, 3)) * 3 + 1
+  cond = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+  module = layers.ConditionalBatchNorm(eps=1e-5)
+  variables = module.init(jax.random.PRNGKey(2), x, cond, False)
+  params = variables["params"]
+  out = module.apply(variables, x, cond, False)
+  mean = x.mean((0, 1, 2))
+  var = x.var((0, 1, 2))
+  normed = (x - mean) / np.sqrt(var + 1e-5)
+
+  def linear(name):  # SN linear without bias, using the stored u (one iteration, not kept).
+    w = np.asarray(params[name]["kernel"])
+    u = np.asarray(variables["spectral"][name]["u"])
+    v = w @ u
+    v /= max(np.linalg.norm(v), 1e-6)
+    u2 = w.T @ v
+    u2 /= max(np.linalg.norm(u2), 1e-6)
+    sigma = u2 @ w.T @ v
+    return np.asarray(cond) @ (w / sigma)
+
+  gain, bias = linear("gain"), linear("bias")
+  expected = normed * (1 + gain[:, None, None]) + bias[:, None, None]
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+  # With zero conditioning the layer is plain (affine-free) BN: the "+1" matters.
+  out0 = module.apply(variables, x, jnp.zeros_like(cond), False)
+  np.testing.assert_allclose(out0, normed, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_running_statistics_follow_torch():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 2)) * 2 + 5
+  module = layers.BatchStatistics(eps=1e-5, momentum=0.1)
+  variables = module.init(jax.random.PRNGKey(0), x, False)
+  assert np.all(variables["batch_stats"]["mean"] == 0)  # init does not update
+  _, new = module.apply(variables, x, False, mutable=["batch_stats"])
+  n = 4 * 3 * 3
+  np.testing.assert_allclose(new["batch_stats"]["mean"], 0.1 * x.mean((0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(new["batch_stats"]["var"],
+                             0.9 + 0.1 * x.var((0, 1, 2)) * n / (n - 1), rtol=1e-5)
+  # Immutable statistics: normalisation still uses the batch, nothing is stored.
+  out = module.apply(variables, x, False)
+  np.testing.assert_allclose(out.mean((0, 1, 2)), 0, atol=1e-5)
+
+
+def test_spectral_norm_power_iteration_converges_and_updates_only_when_mutable():
+  dense = layers.SNDense(7, sn_eps=1e-6)
+  x = jnp.ones((2, 5))
+  variables = dense.init(jax.random.PRNGKey(0), x)
+  assert set(variables) == {"params", "spectral"}
+  kernel = np.asarray(variables["params"]["kernel"]) * np.linspace(0.5, 3, 7)
+  variables = {"params": {**variables["params"], "kernel": jnp.asarray(kernel)},
+               "spectral": variables["spectral"]}
+  u0 = variables["spectral"]["u"]
+  # Immutable `spectral` (sampling): the forward works and stores nothing.
+  dense.apply(variables, x)
+  _, kept = dense.apply(variables, x, mutable=["spectral"])
+  assert not np.allclose(kept["spectral"]["u"], u0)  # A training forward advances u.
+  for _ in range(50):
+    _, updates = dense.apply(variables, x, mutable=["spectral"])
+    variables = {**variables, **updates}
+  true_sigma = np.linalg.svd(kernel, compute_uv=False)[0]
+  np.testing.assert_allclose(variables["spectral"]["sigma"], true_sigma, rtol=1e-4)
+  # The layer uses W / sigma: its spectral norm is 1.
+  jac = jax.jacobian(lambda v: dense.apply(variables, v[None])[0])(jnp.zeros(5))
+  np.testing.assert_allclose(np.linalg.svd(np.asarray(jac), compute_uv=False)[0], 1.0, rtol=1e-3)
+
+
+def test_attention_starts_as_identity_and_uses_pooled_keys():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
+  attn = layers.SelfAttention()
+  variables = attn.init(jax.random.PRNGKey(1), x)
+  assert variables["params"]["gamma"].shape == () and float(variables["params"]["gamma"]) == 0
+  np.testing.assert_array_equal(attn.apply(variables, x), x)
+  p = variables["params"]
+  assert p["theta"]["kernel"].shape == (1, 1, 16, 2)
+  assert p["phi"]["kernel"].shape == (1, 1, 16, 2)
+  assert p["g"]["kernel"].shape == (1, 1, 16, 8)
+  assert p["o"]["kernel"].shape == (1, 1, 8, 16)
+  assert "bias" not in p["theta"]
+
+
+def test_generator_hierarchical_latents_reach_each_block(tiny):
+  pair = build_models(tiny.model, 10)
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 16))
+  y = jnp.arange(4, dtype=jnp.int32)
+  variables = pair.generator.init(jax.random.PRNGKey(1), z, y)
+  images = pair.generator.apply(variables, z, y, train=False)
+  assert images.shape == (4, 32, 32, 3) and images.dtype == jnp.float32
+  assert float(jnp.abs(images).max()) <= 1.0
+  # 3 blocks -> 4 chunks of 4: each conditional BN sees embedding (8) + one chunk (4).
+  assert variables["params"]["block0"]["bn1"]["gain"]["kernel"].shape == (12, 16)
+  assert variables["params"]["linear"]["kernel"].shape == (4, 16 * 16)
+  # The last chunk only conditions the last block: changing it changes the image.
+  z2 = z.at[:, 12:].add(1.0)
+  assert not np.allclose(pair.generator.apply(variables, z2, y, train=False), images)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tiny):
+  tiny.model.compute_dtype = "bfloat16"
+  pair = build_models(tiny.model, 10)
+  z = jnp.ones((2, 16))
+  y = jnp.zeros((2,), jnp.int32)
+  variables = pair.generator.init(jax.random.PRNGKey(0), z, y)
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+  out, new = pair.generator.apply(variables, z, y, mutable=["batch_stats", "spectral"])
+  assert out.dtype == jnp.float32
+  assert {x.dtype for x in jax.tree.leaves(new)} == {jnp.dtype("float32")}

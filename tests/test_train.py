@@ -1,0 +1,166 @@
+"""The jitted iteration: cross-replica BN, 1-vs-8 devices, regularisers, EMA, losses."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from biggan_jax import layers, losses
+from biggan_jax.train import BigGANTrainer, ortho_reg_grads, sample_latents
+from gan_core import parallel
+
+
+def make_batch(trainer, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = trainer.batch_leading_shape
+  res = trainer.models.resolution
+  images = rng.integers(0, 256, shape + (res, res, 3), dtype=np.uint8)
+  labels = rng.integers(0, trainer.num_classes, shape).astype(np.int32)
+  return {"images": parallel.global_array_from_local(images, trainer.mesh, 2),
+          "labels": parallel.global_array_from_local(labels, trainer.mesh, 2)}
+
+
+def test_batch_norm_statistics_on_sharded_batch_are_global():
+  assert jax.device_count() == 8
+  mesh = parallel.make_mesh()
+  # Each device's shard has a different distribution: per-device stats would differ.
+  x = np.concatenate([np.random.default_rng(i).normal(i, 1 + i, (2, 4, 4, 3))
+                      for i in range(8)]).astype(np.float32)
+  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+  assert len(xs.sharding.device_set) == 8
+  module = layers.BatchStatistics(momentum=1.0)
+  variables = module.init(jax.random.PRNGKey(0), x[:2], False)
+
+  @jax.jit
+  def run(v, batch):
+    return module.apply(v, batch, False, mutable=["batch_stats"])
+
+  out, stats = run(variables, xs)
+  n = x.shape[0] * 16
+  np.testing.assert_allclose(stats["batch_stats"]["mean"], x.mean((0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(stats["batch_stats"]["var"], x.var((0, 1, 2)) * n / (n - 1),
+                             rtol=1e-5)
+  np.testing.assert_allclose(out, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_one_iteration_same_on_one_and_eight_devices(tiny):
+  tiny.num_accumulations = 2
+  tiny.batch_size = 16
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    trainer = BigGANTrainer(tiny, 10, parallel.make_mesh(devices))
+    state = trainer.init_state(0)
+    state, metrics = trainer.train_iteration(state, make_batch(trainer))
+    assert len(state.g_params["linear"]["kernel"].sharding.device_set) == len(devices)
+    results.append(jax.tree.map(np.asarray, (state, metrics)))
+  (s1, m1), (s8, m8) = results
+  assert int(s1.step) == int(s8.step) == 1
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-3, atol=1e-4)
+
+
+def test_iteration_updates_everything_and_is_deterministic(tiny):
+  trainer = BigGANTrainer(tiny, 10, parallel.make_mesh())
+  before = jax.tree.map(np.asarray, trainer.init_state(0))
+  batch = make_batch(trainer)
+  runs = []
+  for _ in range(2):
+    state, metrics = trainer.train_iteration(trainer.init_state(0), batch)
+    runs.append(jax.tree.map(np.asarray, state))
+  for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
+    np.testing.assert_array_equal(a, b)
+  after = runs[0]
+  changed = lambda a, b: not np.array_equal(a, b)
+  assert changed(before.g_params["linear"]["kernel"], after.g_params["linear"]["kernel"])
+  assert changed(before.d_params["linear"]["kernel"], after.d_params["linear"]["kernel"])
+  # SN vectors of G and D and G's running BN statistics advanced; EMA copied G (step 0 < start).
+  assert changed(before.g_state["spectral"]["linear"]["u"], after.g_state["spectral"]["linear"]["u"])
+  assert changed(before.d_state["spectral"]["linear"]["u"], after.d_state["spectral"]["linear"]["u"])
+  assert changed(before.g_state["batch_stats"]["output_bn"]["stats"]["mean"],
+                 after.g_state["batch_stats"]["output_bn"]["stats"]["mean"])
+  for a, b in zip(jax.tree.leaves(after.ema_params), jax.tree.leaves(after.g_params)):
+    np.testing.assert_array_equal(a, b)
+  assert set(metrics) >= {"d_loss", "d_loss_real", "d_loss_fake", "d_real", "d_fake", "g_loss"}
+  assert {x.dtype for x in jax.tree.leaves(after.g_params)} == {np.dtype("float32")}
+
+
+def test_ema_averages_after_start(tiny):
+  tiny.ema_start = 0
+  tiny.ema_decay = 0.75
+  trainer = BigGANTrainer(tiny, 10, parallel.make_mesh())
+  state0 = jax.tree.map(np.asarray, trainer.init_state(0))
+  state1, _ = trainer.train_iteration(trainer.init_state(0), make_batch(trainer))
+  g, ema = np.asarray(state1.g_params["linear"]["kernel"]), np.asarray(
+      state1.ema_params["linear"]["kernel"])
+  np.testing.assert_allclose(ema, 0.75 * state0.ema_params["linear"]["kernel"] + 0.25 * g,
+                             rtol=1e-6)
+
+
+def test_bfloat16_iteration_runs_with_float32_state(tiny):
+  tiny.model.compute_dtype = "bfloat16"
+  trainer = BigGANTrainer(tiny, 10, parallel.make_mesh())
+  state, metrics = trainer.train_iteration(trainer.init_state(0), make_batch(trainer))
+  assert {x.dtype for x in jax.tree.leaves(state)} <= {np.dtype("float32"), np.dtype("int32"),
+                                                       np.dtype("uint32")}
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_ortho_reg_gradient_matches_autodiff_of_the_penalty():
+  params = {"shared": {"embedding": jnp.ones((5, 4))},
+            "conv": {"kernel": jax.random.normal(jax.random.PRNGKey(0), (3, 3, 2, 4)),
+                     "bias": jnp.ones(4)},
+            "dense": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (6, 3))}}
+
+  def penalty(w):  # BigGAN: ||W W^T (1 - I)||_F^2 with W (outputs x rest), times beta/2.
+    mat = w.reshape(-1, w.shape[-1]).T
+    gram = mat @ mat.T * (1 - jnp.eye(mat.shape[0]))
+    return 0.5 * 1e-4 * jnp.sum(gram ** 2)
+
+  grads = ortho_reg_grads(params, 1e-4)
+  for name in ("conv", "dense"):
+    np.testing.assert_allclose(grads[name]["kernel"],
+                               jax.grad(penalty)(params[name]["kernel"]), rtol=1e-5)
+  assert not np.any(grads["shared"]["embedding"])  # the shared embedding is exempt
+  assert not np.any(grads["conv"]["bias"])  # 1-D weights are exempt
+
+
+def test_hinge_losses():
+  real = jnp.array([2.0, 0.5, -1.0])
+  fake = jnp.array([-2.0, 0.0, 1.0])
+  loss_real, loss_fake = losses.hinge_d_loss(real, fake)
+  assert float(loss_real) == pytest.approx((0 + 0.5 + 2.0) / 3)
+  assert float(loss_fake) == pytest.approx((0 + 1.0 + 2.0) / 3)
+  assert float(losses.hinge_g_loss(fake)) == pytest.approx(1.0 / 3)
+  with pytest.raises(ValueError, match="config.loss"):
+    losses.get_losses("wasserstein")
+
+
+def test_truncation_bounds_latents_and_labels_are_uniform_classes():
+  z, y = sample_latents(jax.random.PRNGKey(0), 4000, 8, 10, truncation=0.5)
+  assert float(jnp.abs(z).max()) <= 0.5
+  assert 0.2 < float(jnp.abs(z).mean()) < 0.3  # not clipped: no mass piled at the bound
+  assert set(np.unique(y)) == set(range(10))
+  z_full, _ = sample_latents(jax.random.PRNGKey(0), 4000, 8, 10)
+  assert float(jnp.abs(z_full).max()) > 3
+
+
+def test_standing_stats_average_batch_statistics(tiny):
+  trainer = BigGANTrainer(tiny, 10, parallel.make_mesh(jax.devices()[:1]))
+  state = trainer.init_state(0)
+  stats = trainer.standing_stats(state.ema_params, state.ema_state, jax.random.PRNGKey(3),
+                                 num_batches=3, batch_size=8)
+  old = state.ema_state["batch_stats"]["output_bn"]["stats"]["var"]
+  new = stats["batch_stats"]["output_bn"]["stats"]["var"]
+  assert not np.allclose(old, new)
+  images = trainer.generate(state.ema_params, stats, jnp.zeros((2, 16)),
+                            jnp.zeros((2,), jnp.int32))
+  assert images.dtype == jnp.uint8 and images.shape == (2, 32, 32, 3)
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(tiny):
+  tiny.batch_size = 12
+  with pytest.raises(ValueError, match="multiple of the number of devices"):
+    BigGANTrainer(tiny, 10, parallel.make_mesh())
