@@ -418,6 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             monitoring.to_host(images), int(np.ceil(np.sqrt(config.num_grid_samples))))[None]})
       if save:
         checkpoints.save(step, state, run_meta(config, trainer, step))
+    if preemption.requested and checkpoints.latest_step() != step:
+      checkpoints.save(step, state, run_meta(config, trainer, step))  # Preempted before a step.
     writer.flush()
   finally:
     preemption.restore()

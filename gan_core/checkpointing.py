@@ -89,12 +89,12 @@ class Checkpointer:
     self._manager.close()
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, name + "."))
+      flat.update(_flatten(value, name + sep, sep))
     else:
       flat[name] = value
   return flat
@@ -119,8 +119,8 @@ def check_compatible(saved_meta: Mapping[str, Any], current_meta: Mapping[str, A
     elif jax.process_index() == 0:
       logging.warning("Resuming with a changed setting %s: checkpoint %r, current %r",
                       key, old, new)
-  saved_shapes = _flatten(saved_meta.get("parameter_shapes", {}))
-  current_shapes = _flatten(current_meta.get("parameter_shapes", {}))
+  saved_shapes = _flatten(saved_meta.get("parameter_shapes", {}), sep="/")
+  current_shapes = _flatten(current_meta.get("parameter_shapes", {}), sep="/")
   for name in sorted(set(saved_shapes) | set(current_shapes)):
     old, new = saved_shapes.get(name, "<absent>"), current_shapes.get(name, "<absent>")
     if old != new:
