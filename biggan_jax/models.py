@@ -109,10 +109,7 @@ class Generator(nn.Module):
       resolution *= 2
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
-    h = nn.relu(BatchNorm(self.bn_eps, self.bn_momentum, self.dtype, name="output_bn")(
-        h, not train))
-    h = SNConv(3, 3, sn_eps=self.sn_eps, dtype=self.dtype, name="output_conv")(h)
-    return jnp.tanh(h.astype(jnp.float32))
+    return _generator_output(self, h, train)
 
 
 class Discriminator(nn.Module):
@@ -138,6 +135,13 @@ class Discriminator(nn.Module):
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
     return _projection_head(h, y, self.num_classes, self.sn_eps)
+
+
+def _generator_output(g: nn.Module, h: jax.Array, train: bool) -> jax.Array:
+  """BN -> ReLU -> 3x3 SN conv to RGB -> tanh (float32), created inside `g`'s scope."""
+  h = nn.relu(BatchNorm(g.bn_eps, g.bn_momentum, g.dtype, name="output_bn")(h, not train))
+  h = SNConv(3, 3, sn_eps=g.sn_eps, dtype=g.dtype, name="output_conv")(h)
+  return jnp.tanh(h.astype(jnp.float32))
 
 
 def _projection_head(h: jax.Array, y: jax.Array, num_classes: int, sn_eps: float) -> jax.Array:
@@ -184,10 +188,7 @@ class GeneratorDeep(nn.Module):
       resolution *= 2
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
-    h = nn.relu(BatchNorm(self.bn_eps, self.bn_momentum, self.dtype, name="output_bn")(
-        h, not train))
-    h = SNConv(3, 3, sn_eps=self.sn_eps, dtype=self.dtype, name="output_conv")(h)
-    return jnp.tanh(h.astype(jnp.float32))
+    return _generator_output(self, h, train)
 
 
 class DiscriminatorDeep(nn.Module):
