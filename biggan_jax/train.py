@@ -13,19 +13,26 @@ batch norms use global-batch statistics.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import signal
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from biggan_jax import losses
 from biggan_jax.models import ModelPair, build_models
-from gan_core import loops, parallel
+from gan_core import checkpointing, loops, monitoring, parallel
+from gan_core.data import build_pipeline
 from gan_core.ema import ema_update
+from gan_core.images import make_grid
 
 MUTABLE_G = ("batch_stats", "spectral")
 MUTABLE_D = ("spectral",)
@@ -154,6 +161,7 @@ class BigGANTrainer:
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
+  @functools.cached_property
   def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
     """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
     state = jax.eval_shape(self._init_state, 0)
@@ -310,19 +318,17 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
 
 def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: int) -> dict:
   """What a checkpoint records besides the state (checked when resuming)."""
-  import json
   return {"step": step, "model": "biggan",
           "config": json.loads(config.to_json_best_effort()),
           "num_classes": trainer.num_classes,
           "data_position": step * trainer.examples_per_iteration,
-          "parameter_shapes": trainer.parameter_shapes()}
+          "parameter_shapes": trainer.parameter_shapes}
 
 
 class _PreemptionFlag:
   """Set by SIGTERM (what cloud/TPU preemption sends); the loop then saves and stops."""
 
   def __init__(self):
-    import signal
     self.requested = False
     self._previous = None
     try:
@@ -331,27 +337,16 @@ class _PreemptionFlag:
       pass
 
   def _handle(self, signum, frame):
-    from absl import logging
     logging.warning("SIGTERM received: saving a checkpoint at the current step and stopping.")
     self.requested = True
 
   def restore(self):
-    import signal
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
-  import os
-
-  import numpy as np
-  from absl import logging
-
-  from gan_core import checkpointing, monitoring
-  from gan_core.data import build_pipeline
-  from gan_core.images import make_grid
-
   mesh = parallel.make_mesh()
   pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
                             config.random_flip, data_dir=config.data_dir or None,

@@ -164,3 +164,14 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tiny):
   tiny.batch_size = 12
   with pytest.raises(ValueError, match="multiple of the number of devices"):
     BigGANTrainer(tiny, 10, parallel.make_mesh())
+
+
+def test_class_count_mismatch_between_config_and_dataset_is_explained(tiny):
+  from biggan_jax.train import resolve_num_classes
+  assert resolve_num_classes(tiny, 10) == 10
+  with pytest.raises(ValueError, match="has 7 classes.*num_classes=7"):
+    resolve_num_classes(tiny, 7)
+  with pytest.raises(ValueError, match="no labels"):
+    resolve_num_classes(tiny, 0)
+  tiny.model.num_classes = 0
+  assert resolve_num_classes(tiny, 7) == 7
