@@ -67,7 +67,7 @@ def test_incompatible_checkpoint_is_refused_and_left_untouched(tmp_path):
 
 
 CLI_TINY = ["--config.model.ch=4", "--config.model.dim_z=16", "--config.model.shared_dim=8",
-            "--config.batch_size=8", "--config.num_train_steps=6",
+            "--config.batch_size=8", "--config.num_train_steps=12",
             "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
             "--config.sample_every_steps=0", "--config.ema_start=2"]
 
@@ -92,7 +92,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   victim.send_signal(signal.SIGKILL)
   victim.wait()
   killed_at = Checkpointer(str(ckpt_dir)).latest_step()
-  assert killed_at is not None and killed_at < 6
+  assert killed_at is not None and killed_at < 12
   resumed = run_main(tmp_path / "victim")
   _, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err[-3000:]
@@ -103,7 +103,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   config.model.ch, config.batch_size = 4, 8
   ref_step, ref_state, _ = restore_final(str(tmp_path / "reference"), config)
   step, state, _ = restore_final(str(tmp_path / "victim"), config)
-  assert ref_step == step == 6
+  assert ref_step == step == 12
   assert_states_identical(ref_state, state)
 
 
