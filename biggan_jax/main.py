@@ -37,7 +37,7 @@ def dry_run(config, workdir: str | None) -> None:
 
   num_classes = config.model.num_classes or 1
   trainer = BigGANTrainer(config, num_classes, parallel.make_mesh())
-  shapes = jax.eval_shape(trainer._init_state, config.seed)
+  shapes = trainer.state_shapes
   print(config)
   if not config.model.num_classes:
     print("(model.num_classes=0: counted with 1 class; the dataset decides at training time)")

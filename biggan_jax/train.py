@@ -155,16 +155,21 @@ class BigGANTrainer:
         g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
         ema_params=g_params, ema_state=g_vars)
 
+  @functools.cached_property
+  def state_shapes(self) -> TrainState:
+    """Shapes and dtypes of the train state, traced once (no computation, no memory)."""
+    return jax.eval_shape(self._init_state, self.config.seed)
+
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state (for restoring)."""
-    shapes = jax.eval_shape(self._init_state, self.config.seed)
     return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+        self.state_shapes)
 
   @functools.cached_property
   def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
     """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
-    state = jax.eval_shape(self._init_state, 0)
+    state = self.state_shapes
     flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): list(leaf.shape)
                          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
     return {"generator": flat(state.g_params), "discriminator": flat(state.d_params)}
