@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 from typing import Any
 
 import flax
@@ -33,6 +32,7 @@ from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
 from gan_core.ema import ema_update
 from gan_core.images import make_grid
+from gan_core.preemption import PreemptionFlag
 
 MUTABLE_G = ("batch_stats", "spectral")
 MUTABLE_D = ("spectral",)
@@ -330,26 +330,6 @@ def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: in
           "parameter_shapes": trainer.parameter_shapes}
 
 
-class _PreemptionFlag:
-  """Set by SIGTERM (what cloud/TPU preemption sends); the loop then saves and stops."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. inside some test runners).
-      pass
-
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint at the current step and stopping.")
-    self.requested = True
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
   mesh = parallel.make_mesh()
@@ -387,7 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                           trainer.batch_leading_shape)
   progress = monitoring.Progress(start_step, config.num_train_steps,
                                  trainer.examples_per_iteration)
-  preemption = _PreemptionFlag()
+  preemption = PreemptionFlag()
   step = start_step
 
   def ensure_finite(metrics) -> dict:

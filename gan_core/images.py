@@ -44,3 +44,24 @@ def save_npz_deterministic(path: str, **arrays: np.ndarray) -> None:
       np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
       info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
       archive.writestr(info, buffer.getvalue())
+
+
+def box_downsample_uint8(images: np.ndarray, factor: int) -> np.ndarray:
+  """uint8 NHWC images averaged over factor x factor boxes, rounded to uint8.
+
+  Repeated 2x2 averaging in float32 and one rounding at the end, which is how
+  PGGAN's dataset tool builds its lower-resolution copies of a dataset.
+  """
+  if factor == 1:
+    return images
+  if factor < 1 or factor & (factor - 1):
+    raise ValueError(f"downsampling factor {factor} must be a power of two")
+  x = np.asarray(images, np.float32)
+  *lead, h, w, c = x.shape
+  if h % factor or w % factor:
+    raise ValueError(f"images of size {h}x{w} cannot be downsampled by {factor}")
+  x = x.reshape(-1, h, w, c)
+  while factor > 1:
+    x = (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
+    factor //= 2
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(*lead, *x.shape[1:])

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from gan_core.data.sources import DataError, ImageSource
+from gan_core.images import box_downsample_uint8
 
 
 class IndexedPipeline:
@@ -62,7 +63,8 @@ class IndexedPipeline:
       flips[sel] = flip[offsets[sel]]
     return indices, flips & self.random_flip
 
-  def _local_batch(self, position: int, leading_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+  def _local_batch(self, position: int, leading_shape: tuple[int, ...],
+                   downscale: int = 1) -> dict[str, np.ndarray]:
     count = math.prod(leading_shape)
     indices, flips = self.global_indices(position, count)
     per_process = leading_shape[-1] // jax.process_count()
@@ -71,21 +73,26 @@ class IndexedPipeline:
     flips = flips.reshape(leading_shape)[..., start:start + per_process].reshape(-1)
     images, labels = self.source.get(indices)
     images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    images = box_downsample_uint8(images, downscale)
     local_shape = leading_shape[:-1] + (per_process,)
     return {"images": images.reshape(local_shape + images.shape[1:]),
             "labels": labels.reshape(local_shape).astype(np.int32)}
 
-  def iterate(self, start_position: int, leading_shape: tuple[int, ...]
+  def iterate(self, start_position: int, leading_shape: tuple[int, ...], downscale: int = 1
               ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields local batches forever, prefetching one ahead in a thread."""
+    """Yields local batches forever, prefetching one ahead in a thread.
+
+    `downscale` > 1 box-averages the images by that factor (see
+    `gan_core.images.box_downsample_uint8`), for progressive growing.
+    """
     count = math.prod(leading_shape)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       position = start_position
-      pending = pool.submit(self._local_batch, position, leading_shape)
+      pending = pool.submit(self._local_batch, position, leading_shape, downscale)
       while True:
         batch = pending.result()
         position += count
-        pending = pool.submit(self._local_batch, position, leading_shape)
+        pending = pool.submit(self._local_batch, position, leading_shape, downscale)
         yield batch
 
 
@@ -171,13 +178,14 @@ class TfdsPipeline:
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_count, drop_remainder=True).prefetch(2)
 
-  def iterate(self, start_position: int, leading_shape: tuple[int, ...]
+  def iterate(self, start_position: int, leading_shape: tuple[int, ...], downscale: int = 1
               ) -> Iterator[dict[str, np.ndarray]]:
     processes = jax.process_count()
     local_shape = leading_shape[:-1] + (leading_shape[-1] // processes,)
     local_count = math.prod(local_shape)
     for batch in self._dataset(start_position // processes, local_count).as_numpy_iterator():
-      yield {"images": batch["images"].reshape(local_shape + batch["images"].shape[1:]),
+      images = box_downsample_uint8(batch["images"], downscale)
+      yield {"images": images.reshape(local_shape + images.shape[1:]),
              "labels": batch["labels"].reshape(local_shape)}
 
 

@@ -1,0 +1,18 @@
+"""PGGAN on CelebA-HQ at 1024x1024 (the paper's headline result).
+
+  --config=configs/pggan_celebahq1024.py[:8gpu|:1gpu|:paper]
+
+Presets follow the official code (see pggan_jax/config.py `apply_preset`);
+the default is its 8-GPU setup. Data: tfds `celeb_a_hq/1024`, which needs a
+manual download (the error message explains it), or an image folder
+(`--config.dataset=/path/to/celebahq1024`). Mirror augmentation on.
+"""
+from pggan_jax.config import apply_preset, base_config
+
+
+def get_config(arg=None):
+  c = base_config(1024)
+  c.dataset = "celeb_a_hq/1024"
+  c.mirror_augment = True
+  c.total_kimg = 12000.0
+  return apply_preset(c, arg)
