@@ -41,6 +41,7 @@ from pggan_jax.models import build_models
 class TrainState:
   step: jax.Array  # Completed iterations.
   images_seen: jax.Array  # Real images shown to D so far (drives the schedule and the data).
+  skipped_updates: jax.Array  # D and G updates skipped for non-finite gradients, in total.
   rng: jax.Array  # Base key; iteration i uses fold_in(rng, i).
   g_params: Any
   d_params: Any
@@ -138,7 +139,7 @@ class PGGANTrainer:
     images = jnp.zeros((2, res, res, self.config.model.num_channels), jnp.float32)
     d_params = self.discriminator.init(kd, images)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), images_seen=jnp.zeros((), jnp.int32),
-                      rng=train_key, g_params=g_params, d_params=d_params,
+                      skipped_updates=jnp.zeros((), jnp.int32), rng=train_key, g_params=g_params, d_params=d_params,
                       g_opt_state=self.tx.init(g_params), d_opt_state=self.tx.init(d_params),
                       ema_params=g_params)
 
@@ -240,9 +241,10 @@ class PGGANTrainer:
     metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
     metrics.update(g_metrics, g_loss=g_loss, g_grad_norm=optax.global_norm(g_grads),
                    g_skipped=1.0 - g_finite.astype(jnp.float32))
+    skipped = jnp.sum(d_metrics["d_skipped"]) + metrics["g_skipped"]
     new_state = TrainState(
         step=state.step + 1, images_seen=state.images_seen + cfg.num_d_steps * batch_size,
-        rng=state.rng, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
+        skipped_updates=state.skipped_updates + skipped.astype(jnp.int32), rng=state.rng, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
         d_opt_state=d_opt_state, ema_params=ema_params)
     return new_state, metrics
 
@@ -337,15 +339,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       save_png(os.path.join(sample_dir, f"kimg{images_seen // 1000:06d}_"
                             f"{at_phase.resolution}x{at_phase.resolution}.png"), grid)
 
-  def ensure_finite(metrics) -> dict:
+  skip_tracker = {"step": step, "skipped": int(monitoring.to_host(state.skipped_updates))}
+
+  def check_updates(metrics) -> dict:
+    """Non-finite gradients skip an update (as officially) and are reported; a run in which
+    every update since the last report was skipped is stuck, and stops without saving."""
     host = {k: float(v) for k, v in monitoring.to_host(metrics).items()}
-    bad = [k for k, v in host.items() if not np.isfinite(v)]
-    if bad:
+    skipped = int(monitoring.to_host(state.skipped_updates))
+    new_skips = skipped - skip_tracker["skipped"]
+    possible = (step - skip_tracker["step"]) * (config.num_d_steps + 1)
+    skip_tracker.update(step=step, skipped=skipped)
+    host["skipped_updates"] = float(skipped)
+    if new_skips:
+      bad = [k for k, v in host.items() if not np.isfinite(v)]
+      logging.warning("%d of the last %d updates were skipped for non-finite gradients "
+                      "(non-finite: %s).", new_skips, possible, ", ".join(bad) or "none now")
+    if possible and new_skips >= possible:
       raise FloatingPointError(
-          f"non-finite {', '.join(bad)} at step {step} ({images_seen / 1000:.1f} kimg); not "
-          f"saving this state. The latest good checkpoint is step {checkpoints.latest_step()} "
-          f"in {checkpoints.directory}. Lower the learning rates or try another seed, then "
-          "rerun to resume from it.")
+          f"every update in the last {possible} was skipped for non-finite gradients (step "
+          f"{step}, {images_seen / 1000:.1f} kimg): training is stuck; not saving. The latest "
+          f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}. "
+          "Lower the learning rates or try another seed, then rerun to resume from it.")
     return host
 
   data = None
@@ -386,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       save = done or preemption.requested or _crossed(before, images_seen,
                                                       config.checkpoint_every_kimg)
       if save or _crossed(before, images_seen, config.log_every_kimg):
-        scalars = ensure_finite(metrics)
+        scalars = check_updates(metrics)
         now = time.perf_counter()
         sec_per_kimg = (now - last_time) / max(images_seen - last_images, 1) * 1000
         last_time, last_images = now, images_seen

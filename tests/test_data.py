@@ -7,6 +7,7 @@ from PIL import Image
 
 from gan_core.data import (DataError, ImageFolderSource, IndexedPipeline, build_pipeline,
                            digits_source)
+from gan_core.images import box_downsample_uint8
 
 
 def test_digits_are_the_real_sklearn_digits_upsampled():
@@ -109,6 +110,7 @@ def test_tfds_pipeline_with_mock_data_is_deterministic_and_resumable():
     full = take(pipeline.iterate(0, (2, 1, 8)), 4)
     again = take(pipeline.iterate(0, (2, 1, 8)), 4)
     resumed = take(pipeline.iterate(2 * 16, (2, 1, 8)), 2)
+    quarter = take(pipeline.iterate(0, (2, 1, 8), downscale=4), 1)
   assert full[0]["images"].shape == (2, 1, 8, 16, 16, 3)
   assert full[0]["images"].dtype == np.uint8 and full[0]["labels"].dtype == np.int32
   for a, b in zip(full, again):
@@ -116,6 +118,17 @@ def test_tfds_pipeline_with_mock_data_is_deterministic_and_resumable():
   for a, b in zip(full[2:], resumed):
     np.testing.assert_array_equal(a["images"], b["images"])
     np.testing.assert_array_equal(a["labels"], b["labels"])
+  # Progressive growing reads the same examples, box-downsampled (PGGAN's lower resolutions).
+  np.testing.assert_array_equal(quarter[0]["images"], box_downsample_uint8(full[0]["images"], 4))
+  assert quarter[0]["images"].shape == (2, 1, 8, 4, 4, 3)
+
+
+def test_indexed_pipeline_downscale_matches_box_downsampling():
+  shape = (1, 1, 8)
+  full = next(IndexedPipeline(digits_source(16), 3, True).iterate(40, shape))
+  half = next(IndexedPipeline(digits_source(16), 3, True).iterate(40, shape, downscale=2))
+  np.testing.assert_array_equal(half["images"], box_downsample_uint8(full["images"], 2))
+  np.testing.assert_array_equal(half["labels"], full["labels"])
 
 
 def test_tfds_dataset_not_prepared_explains_how_to_get_it(tmp_path):

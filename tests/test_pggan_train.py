@@ -149,3 +149,27 @@ def test_sample_cli_is_reproducible(grown, tmp_path):
   code, _, err = run("pggan_jax.sample", f"--workdir={tmp_path / 'nothing'}",
                      f"--out={tmp_path / 'x.npz'}")
   assert code != 0 and "train first" in err
+
+
+def test_non_finite_discriminator_update_is_skipped_and_counted():
+  import jax.numpy as jnp
+  from gan_core import parallel
+  from pggan_jax.train import PGGANTrainer
+  config = tiny_pggan_config()
+  config.wgan_epsilon = float("nan")  # D's loss (only) becomes NaN.
+  mesh = parallel.make_mesh()
+  trainer = PGGANTrainer(config, 0, mesh)
+  state = trainer.init_state(0)
+  d_before, g_before = leaves(state.d_params), leaves(state.g_params)
+  rng = np.random.default_rng(0)
+  batch = {"images": parallel.global_array_from_local(
+               rng.integers(0, 256, (1, 8, 4, 4, 3), dtype=np.uint8), mesh, 1),
+           "labels": parallel.global_array_from_local(np.zeros((1, 8), np.int32), mesh, 1)}
+  state, metrics = trainer.train_iteration(state, batch, jnp.float32(1.0), jnp.float32(1e-3),
+                                           res=4, fading=False)
+  assert int(state.skipped_updates) == 1 and float(metrics["d_skipped"]) == 1.0
+  assert not np.isfinite(float(metrics["d_loss"]))
+  for a, b in zip(d_before, leaves(state.d_params)):
+    np.testing.assert_array_equal(a, b)
+  assert int(state.d_opt_state.count) == 0 and int(state.g_opt_state.count) == 1
+  assert any(not np.array_equal(a, b) for a, b in zip(g_before, leaves(state.g_params)))
