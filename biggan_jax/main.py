@@ -67,8 +67,16 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required for training")
   from biggan_jax.train import train_and_evaluate
+  from gan_core.checkpointing import CheckpointError
+  from gan_core.data import DataError
   logging.info("Config:\n%s", FLAGS.config)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (CheckpointError, DataError, FloatingPointError) as e:
+    # Problems the user can fix: one clear message, no traceback.
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 def run() -> None:

@@ -106,9 +106,10 @@ def main(argv):
     raise app.UsageError("--out must end in .npz or .png")
   if FLAGS.num_samples <= 0:
     raise app.UsageError("--num_samples must be positive")
+  from gan_core.checkpointing import CheckpointError
   try:
     trainer, params, variables, step = load_generator(FLAGS.workdir, FLAGS.step)
-  except SampleError as e:
+  except (SampleError, CheckpointError) as e:
     raise app.UsageError(str(e))
   key = jax.random.PRNGKey(FLAGS.seed)
   k_z, k_y, k_stats, k_end = jax.random.split(key, 4)

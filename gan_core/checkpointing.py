@@ -80,8 +80,16 @@ class Checkpointer:
 
   def restore_state(self, step: int, abstract_state: Any) -> Any:
     """Restores `state` at `step` onto the shardings of `abstract_state`."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except (ValueError, KeyError, TypeError) as e:
+      summary = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise IncompatibleCheckpointError(
+          f"the train state saved at {self.directory!r} (step {step}) does not have the "
+          f"structure this code expects ({summary}). It was probably written by another "
+          "version of this code. The checkpoint has not been modified; restore it with the "
+          "version that wrote it, or use a new --workdir.") from e
     return restored["state"]
 
   def close(self) -> None:

@@ -113,11 +113,12 @@ def main(argv):
     raise app.UsageError("--out must end in .npz or .png")
   if FLAGS.num_samples <= 0 or FLAGS.batch_size <= 0:
     raise app.UsageError("--num_samples and --batch_size must be positive")
+  from gan_core.checkpointing import CheckpointError
   try:
     trainer, params, phase, step = load_generator(FLAGS.workdir, FLAGS.step)
     k_z, k_y, k_end = jax.random.split(jax.random.PRNGKey(FLAGS.seed), 3)
     labels = parse_labels(FLAGS.labels, FLAGS.num_samples, trainer.num_classes, k_y)
-  except SampleError as e:
+  except (SampleError, CheckpointError) as e:
     raise app.UsageError(str(e))
   n, dim = FLAGS.num_samples, trainer.latent_size
   z = np.asarray(jax.random.normal(k_z, (n, dim), jnp.float32))

@@ -68,8 +68,13 @@ def test_build_pipeline_dispatch_and_unknown_tfds_name(tmp_path):
   assert build_pipeline("digits", 16, 0, False).num_classes == 10
   with pytest.raises(DataError, match="does not exist"):
     build_pipeline(str(tmp_path / "nope"), 16, 0, False)
-  with pytest.raises(DataError, match="unknown tfds dataset"):
+  with pytest.raises(DataError, match="unknown tfds dataset") as error:
     build_pipeline("no_such_dataset_xyz", 16, 0, False)
+  assert len(str(error.value)) < 600  # Not tfds's list of every dataset.
+  # tfds names with a config contain a slash; they are not folder paths.
+  with pytest.raises(DataError, match="manual download") as error:
+    build_pipeline("celeb_a_hq/1024", 1024, 0, False, data_dir=str(tmp_path))
+  assert "tfds build celeb_a_hq/1024" in str(error.value)
 
 
 def take(iterator, n):

@@ -173,3 +173,12 @@ def test_non_finite_discriminator_update_is_skipped_and_counted():
     np.testing.assert_array_equal(a, b)
   assert int(state.d_opt_state.count) == 0 and int(state.g_opt_state.count) == 1
   assert any(not np.array_equal(a, b) for a, b in zip(g_before, leaves(state.g_params)))
+
+
+def test_cli_refuses_another_models_checkpoint_with_one_clear_message(grown):
+  straight = grown[0]
+  code, _, err = run("pggan_jax.main", "--config=configs/pggan_digits32.py",
+                     f"--workdir={straight}")
+  assert code == 1
+  assert "error: the checkpoint at" in err and "model.resolution" in err
+  assert "Traceback" not in err

@@ -113,7 +113,8 @@ class TfdsPipeline:
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:
-      raise DataError(f"unknown tfds dataset {name!r} ({e}). Use a tfds name such as "
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f"unknown tfds dataset {name!r} ({first_line}). Use a tfds name such as "
                       "'imagenet2012' or 'cifar10', 'digits', or a path to an image folder.") from e
     if not builder.is_prepared():
       if download:
@@ -190,7 +191,9 @@ class TfdsPipeline:
 
 
 def looks_like_path(name: str) -> bool:
-  return os.sep in name or name.startswith(".") or name.startswith("~") or os.path.isdir(name)
+  """A folder path (existing, absolute, or starting with . or ~); otherwise a tfds name,
+  which may contain a slash (`celeb_a_hq/1024`, `lsun/bedroom`)."""
+  return name.startswith(("/", ".", "~")) or os.path.isdir(name)
 
 
 def build_pipeline(dataset: str, image_size: int, seed: int, random_flip: bool,
