@@ -97,6 +97,18 @@ class Checkpointer:
     self._manager.close()
 
 
+def shape_table(tree: Any) -> dict[str, list[int]]:
+  """{"path/to/leaf": shape} of a pytree (what a checkpoint's meta records and checks)."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): list(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def abstract_state(shapes: Any, sharding: Any) -> Any:
+  """Restore targets: every leaf of `shapes` as a ShapeDtypeStruct placed on `sharding`."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      shapes)
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
   flat = {}
   for key, value in tree.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from absl import flags
 
@@ -26,3 +27,55 @@ def parse_flags(argv: list[str]) -> list[str]:
                      "is locked so a typo cannot be silently ignored); run with --dry_run to "
                      "print all fields.\n")
     sys.exit(2)
+
+
+def define_training_flags() -> None:
+  """The flags every training entry point takes (config, workdir, dry run, multi-process)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:preset]).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
+  flags.DEFINE_bool("dry_run", False, "Print the config and parameter counts, then exit.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process: coordinator host:port ('auto' on TPU VMs / SLURM).")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+
+def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Callable]) -> None:
+  """The body of a training `main`: checks flags, starts the multi-process runtime, then
+  either `dry_run(config, workdir)` or `load_train()(config, workdir)`. Errors the user can
+  fix (checkpoint, data, NaN) end in one `error:` line and exit status 1."""
+  from absl import app, logging
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.config is None:
+    raise app.UsageError("--config=configs/NAME.py is required")
+  from gan_core import parallel
+  parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                        FLAGS.process_id)
+  if FLAGS.dry_run:
+    dry_run(FLAGS.config, FLAGS.workdir)
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir=DIR is required for training")
+  train_and_evaluate = load_train()
+  from gan_core.checkpointing import CheckpointError
+  from gan_core.data import DataError
+  logging.info("Config:\n%s", FLAGS.config)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (CheckpointError, DataError, FloatingPointError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run_app(main: Callable) -> None:
+  """absl app.run with the clear config-override errors; Ctrl-C exits 130."""
+  from absl import app
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    sys.exit(130)

@@ -10,21 +10,12 @@ tables without reading any data.
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
-from gan_core.cli import parse_flags
+from gan_core.cli import define_training_flags, run_app, run_training
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:preset]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_bool("dry_run", False, "Print the config and parameter counts, then exit.")
-flags.DEFINE_string("coordinator_address", None,
-                    "Multi-process: coordinator host:port ('auto' on TPU VMs / SLURM).")
-flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+define_training_flags()
 FLAGS = flags.FLAGS
 
 
@@ -72,37 +63,17 @@ def dry_run(config, workdir: str | None) -> None:
     print(f"checkpoint step: {'none' if step is None else step}")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.config is None:
-    raise app.UsageError("--config=configs/NAME.py is required")
-  from gan_core import parallel
-  parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
-  if FLAGS.dry_run:
-    dry_run(FLAGS.config, FLAGS.workdir)
-    return
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir=DIR is required for training")
+def _load_train():
   from pggan_jax.train import train_and_evaluate
-  from gan_core.checkpointing import CheckpointError
-  from gan_core.data import DataError
-  logging.info("Config:\n%s", FLAGS.config)
-  try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (CheckpointError, DataError, FloatingPointError) as e:
-    # Problems the user can fix: one clear message, no traceback.
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  return train_and_evaluate
+
+
+def main(argv):
+  run_training(argv, dry_run, _load_train)
 
 
 def run() -> None:
-  try:
-    app.run(main, flags_parser=parse_flags)
-  except KeyboardInterrupt:
-    sys.exit(130)
+  run_app(main)
 
 
 if __name__ == "__main__":

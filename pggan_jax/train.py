@@ -148,16 +148,15 @@ class PGGANTrainer:
     return jax.eval_shape(self._init_state, self.config.seed)
 
   def abstract_state(self) -> TrainState:
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
-        self.state_shapes)
+    """Shapes, dtypes and shardings of the train state (for restoring)."""
+    return checkpointing.abstract_state(self.state_shapes, self.replicated)
 
   @functools.cached_property
   def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
+    """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
     state = self.state_shapes
-    flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): list(leaf.shape)
-                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-    return {"generator": flat(state.g_params), "discriminator": flat(state.d_params)}
+    return {"generator": checkpointing.shape_table(state.g_params),
+            "discriminator": checkpointing.shape_table(state.d_params)}
 
   def _reset_optimizers(self, state: TrainState) -> TrainState:
     return state.replace(g_opt_state=self.tx.init(state.g_params),
