@@ -62,17 +62,8 @@ def load_generator(workdir: str, step: int | None = None):
   """Returns (trainer, ema_params, ema_state, step) from a workdir's checkpoint."""
   from biggan_jax.train import BigGANTrainer
   from gan_core import parallel
-  from gan_core.checkpointing import Checkpointer
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise SampleError(f"no checkpoints in {directory!r}: train first with "
-                      "`python -m biggan_jax.main --config=... --workdir=...`")
-  checkpoints = Checkpointer(directory)
-  step = checkpoints.latest_step() if step is None else step
-  if step is None or step not in checkpoints.all_steps():
-    raise SampleError(f"checkpoint step {step} not found in {directory!r} "
-                      f"(available: {checkpoints.all_steps()})")
-  meta = checkpoints.restore_meta(step)
+  from gan_core.checkpointing import open_checkpoint
+  checkpoints, step, meta = open_checkpoint(workdir, step, "python -m biggan_jax.main")
   config = ml_collections.ConfigDict(meta["config"])
   mesh = parallel.make_mesh(jax.devices()[:1])
   trainer = BigGANTrainer(config, meta["num_classes"], mesh)

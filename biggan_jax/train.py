@@ -249,7 +249,8 @@ class BigGANTrainer:
 
     # Discriminator: num_d_steps updates, each on its own real batch.
     (g_state, d_params, d_state, d_opt_state), d_metrics = loops.scan(
-        functools.partial(self._d_update, state.g_params), (state.g_state, state.d_params, state.d_state, state.d_opt_state),
+        functools.partial(self._d_update, state.g_params),
+        (state.g_state, state.d_params, state.d_state, state.d_opt_state),
         (batch["images"], batch["labels"], jax.random.split(d_key, cfg.num_d_steps)),
         self.unroll)
 

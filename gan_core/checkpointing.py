@@ -97,6 +97,25 @@ class Checkpointer:
     self._manager.close()
 
 
+def open_checkpoint(workdir: str, step: int | None, train_command: str
+                    ) -> tuple[Checkpointer, int, dict[str, Any]]:
+  """(checkpointer, step, meta) of a training workdir's checkpoint `step` (None: latest).
+
+  For tools that read a finished or running training (sampling); `train_command` is
+  named in the error when the workdir has no checkpoints yet.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoints in {directory!r}: train first with "
+                          f"`{train_command} --config=... --workdir=...`")
+  checkpoints = Checkpointer(directory)
+  step = checkpoints.latest_step() if step is None else step
+  if step is None or step not in checkpoints.all_steps():
+    raise CheckpointError(f"checkpoint step {step} not found in {directory!r} "
+                          f"(available: {checkpoints.all_steps()})")
+  return checkpoints, step, checkpoints.restore_meta(step)
+
+
 def shape_table(tree: Any) -> dict[str, list[int]]:
   """{"path/to/leaf": shape} of a pytree (what a checkpoint's meta records and checks)."""
   return {"/".join(str(getattr(k, "key", k)) for k in path): list(leaf.shape)

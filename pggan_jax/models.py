@@ -43,6 +43,10 @@ def num_features(stage: int, fmap_base: int, fmap_max: int, fmap_decay: float = 
   return min(int(fmap_base / (2.0 ** (stage * fmap_decay))), fmap_max)
 
 
+def _pixel_norm_or_identity(enabled: bool, epsilon: float):
+  return (lambda v: pixel_norm(v, epsilon)) if enabled else (lambda v: v)
+
+
 def _lerp(a, b, t):
   """a + (b - a) * clip(t, 0, 1): the official `lerp_clip`."""
   return a + (b - a) * jnp.clip(t, 0.0, 1.0).astype(a.dtype)
@@ -57,7 +61,7 @@ class GBlock4(nn.Module):
 
   @nn.compact
   def __call__(self, latents: jax.Array) -> jax.Array:
-    pn = (lambda v: pixel_norm(v, self.pixelnorm_eps)) if self.use_pixelnorm else (lambda v: v)
+    pn = _pixel_norm_or_identity(self.use_pixelnorm, self.pixelnorm_eps)
     c = self.features
     x = EqualizedDense(c * 16, gain=SQRT2 / 4, use_bias=False, dtype=self.dtype,
                        name="dense")(latents)
@@ -76,7 +80,7 @@ class GBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    pn = (lambda v: pixel_norm(v, self.pixelnorm_eps)) if self.use_pixelnorm else (lambda v: v)
+    pn = _pixel_norm_or_identity(self.use_pixelnorm, self.pixelnorm_eps)
     x = upscale2d(x)
     x = pn(leaky_relu(EqualizedConv(self.features, 3, dtype=self.dtype, name="conv0")(x)))
     return pn(leaky_relu(EqualizedConv(self.features, 3, dtype=self.dtype, name="conv1")(x)))

@@ -41,21 +41,12 @@ class SampleError(ValueError):
 def load_generator(workdir: str, step: int | None = None):
   """Returns (trainer, ema_params, phase, step) from a workdir's checkpoint."""
   from gan_core import parallel
-  from gan_core.checkpointing import Checkpointer
+  from gan_core.checkpointing import open_checkpoint
   from pggan_jax import schedule
   from pggan_jax.train import PGGANTrainer
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise SampleError(f"no checkpoints in {directory!r}: train first with "
-                      "`python -m pggan_jax.main --config=... --workdir=...`")
-  checkpoints = Checkpointer(directory)
-  step = checkpoints.latest_step() if step is None else step
-  if step is None or step not in checkpoints.all_steps():
-    raise SampleError(f"checkpoint step {step} not found in {directory!r} "
-                      f"(available: {checkpoints.all_steps()})")
-  meta = checkpoints.restore_meta(step)
+  checkpoints, step, meta = open_checkpoint(workdir, step, "python -m pggan_jax.main")
   if meta.get("model") != "pggan":
-    raise SampleError(f"{directory!r} holds a {meta.get('model')!r} checkpoint, not PGGAN")
+    raise SampleError(f"{checkpoints.directory!r} holds a {meta.get('model')!r} checkpoint, not PGGAN")
   config = ml_collections.ConfigDict(meta["config"])
   mesh = parallel.make_mesh(jax.devices()[:1])
   trainer = PGGANTrainer(_single_device_batches(config), meta["num_classes"], mesh)

@@ -64,7 +64,7 @@ def tf_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
   """
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return TFAdamState(jnp.zeros((), jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
+    return TFAdamState(jnp.zeros((), jnp.int32), zeros, zeros)
 
   def update(grads, state, params=None):
     del params
@@ -139,7 +139,8 @@ class PGGANTrainer:
     images = jnp.zeros((2, res, res, self.config.model.num_channels), jnp.float32)
     d_params = self.discriminator.init(kd, images)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), images_seen=jnp.zeros((), jnp.int32),
-                      skipped_updates=jnp.zeros((), jnp.int32), rng=train_key, g_params=g_params, d_params=d_params,
+                      skipped_updates=jnp.zeros((), jnp.int32), rng=train_key,
+                      g_params=g_params, d_params=d_params,
                       g_opt_state=self.tx.init(g_params), d_opt_state=self.tx.init(d_params),
                       ema_params=g_params)
 
@@ -243,7 +244,8 @@ class PGGANTrainer:
     skipped = jnp.sum(d_metrics["d_skipped"]) + metrics["g_skipped"]
     new_state = TrainState(
         step=state.step + 1, images_seen=state.images_seen + cfg.num_d_steps * batch_size,
-        skipped_updates=state.skipped_updates + skipped.astype(jnp.int32), rng=state.rng, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
+        skipped_updates=state.skipped_updates + skipped.astype(jnp.int32), rng=state.rng,
+        g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
         d_opt_state=d_opt_state, ema_params=ema_params)
     return new_state, metrics
 
