@@ -58,38 +58,12 @@ def tiny():
   return tiny_config()
 
 
-def random_fid_state_dict(seed: int = 0) -> dict:
-  """Random weights in the layout of pytorch-fid's Inception `.pth` (numpy, OIHW, with
-  `num_batches_tracked`), scaled so activations stay O(1) through the 94 conv units."""
-  import numpy as np
-  from gan_core.eval.weights import expected_shapes
-  rng = np.random.default_rng(seed)
-  state = {}
-  bn_names = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-  units = sorted({path.rsplit("/", 2)[0] for path in expected_shapes() if "/conv/" in path})
-  shapes = expected_shapes()
-  for unit in units:
-    key = unit.replace("/", ".")
-    h, w, cin, cout = shapes[f"{unit}/conv/kernel"]
-    state[f"{key}.conv.weight"] = rng.normal(0, np.sqrt(2 / (h * w * cin)),
-                                             (cout, cin, h, w)).astype(np.float32)
-    for ours, theirs in bn_names.items():
-      if ours in ("scale", "var"):
-        value = rng.uniform(0.5, 1.5, cout)
-      else:
-        value = rng.normal(0, 0.2, cout)
-      state[f"{key}.bn.{theirs}"] = value.astype(np.float32)
-    state[f"{key}.bn.num_batches_tracked"] = np.array(0, np.int64)
-  state["fc.weight"] = rng.normal(0, 2048 ** -0.5, (1008, 2048)).astype(np.float32)
-  state["fc.bias"] = rng.normal(0, 0.1, 1008).astype(np.float32)
-  return state
-
-
 @pytest.fixture(scope="session")
 def fid_weights_path(tmp_path_factory):
   """A `.pth` file of random FID-Inception weights (written without torch)."""
   from gan_core.eval.torch_pickle import save_state_dict
+  from gan_core.eval.weights import random_state_dict
   path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-  save_state_dict(path, random_fid_state_dict())
+  save_state_dict(path, random_state_dict())
   return str(path)
 

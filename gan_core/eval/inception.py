@@ -93,19 +93,40 @@ class ConvBN(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, folded_only: bool = False):
+    """relu(bn(conv(x))); with `folded_only`, the BN-folded (kernel, bias) instead."""
     kh, kw = _pairs(self.kernel_size)
     ph, pw = _pairs(self.padding)
     kernel = _ConvKernel((kh, kw, x.shape[-1], self.features), name="conv")()
     scale, bias, mean, var = _BatchNormStats(self.features, name="bn")()
     # (conv(x) - mean) * s + b == conv(x, W * s) + (b - mean * s): one pass over the output.
     multiplier = scale * lax.rsqrt(var + BN_EPSILON)
+    kernel, bias = kernel * multiplier, bias - mean * multiplier
+    if folded_only:
+      return kernel, bias
     y = lax.conv_general_dilated(
-        x.astype(self.dtype), (kernel * multiplier).astype(self.dtype),
+        x.astype(self.dtype), kernel.astype(self.dtype),
         window_strides=(self.strides, self.strides), padding=((ph, ph), (pw, pw)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST,
         preferred_element_type=jnp.float32)
-    return nn.relu(y + (bias - mean * multiplier))
+    return nn.relu(y + bias)
+
+
+def pointwise_siblings(x: jax.Array, units: Sequence[ConvBN]) -> list[jax.Array]:
+  """Several 1x1 ConvBN units on the same input as one wider matmul, split afterwards.
+
+  Same arithmetic per output as separate convolutions; one large matrix product
+  uses the CPU (and accelerators) better than three narrow ones.
+  """
+  folded = [unit(x, folded_only=True) for unit in units]
+  kernel = jnp.concatenate([k[0, 0] for k, _ in folded], axis=-1)
+  bias = jnp.concatenate([b for _, b in folded])
+  dtype = units[0].dtype
+  y = jnp.einsum("nhwc,co->nhwo", x.astype(dtype), kernel.astype(dtype),
+                 precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  y = nn.relu(y + bias)
+  splits = np.cumsum([unit.features for unit in units])[:-1]
+  return jnp.split(y, splits, axis=-1)
 
 
 class _ConvKernel(nn.Module):
@@ -131,17 +152,38 @@ class _BatchNormStats(nn.Module):
 
 
 def max_pool(x: jax.Array, stride: int, padding: int = 0) -> jax.Array:
-  pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1), pads)
+  """3x3 max pool as two separable passes of shifted maxima (XLA:CPU's reduce_window is slow)."""
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                constant_values=-jnp.inf)
+
+  def along(axis, value):
+    out = (value.shape[axis] - 3) // stride + 1
+    taps = [lax.slice_in_dim(value, k, k + (out - 1) * stride + 1, stride, axis)
+            for k in range(3)]
+    return jnp.maximum(jnp.maximum(taps[0], taps[1]), taps[2])
+
+  return along(2, along(1, x))
 
 
 def avg_pool_excluding_padding(x: jax.Array) -> jax.Array:
-  """3x3 stride-1 average pool with padding 1 that divides by the in-image count (TF)."""
-  pads = ((0, 0), (1, 1), (1, 1), (0, 0))
-  sums = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, 1, 1, 1), pads)
-  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-  counts = lax.reduce_window(ones, 0.0, lax.add, (1, 3, 3, 1), (1, 1, 1, 1), pads)
-  return sums / counts
+  """3x3 stride-1 average pool with padding 1 that divides by the in-image count (TF).
+
+  Separable sums of shifted slices, then one multiply by the host-computed
+  reciprocal counts (2 or 3 taps per axis).
+  """
+  _, height, width, _ = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+  sums = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
+
+  def taps(n):
+    counts = np.full(n, 3.0)
+    counts[0] = counts[-1] = 2.0
+    return counts
+
+  reciprocal = (1.0 / np.outer(taps(height), taps(width))).astype(np.float32)
+  return sums * jnp.asarray(reciprocal)[None, :, :, None]
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -155,10 +197,10 @@ class BlockA(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(ConvBN, dtype=self.dtype)
-    b1 = conv(64, 1, name="branch1x1")(x)
-    b5 = conv(48, 1, name="branch5x5_1")(x)
+    b1, b5, b3 = pointwise_siblings(x, [conv(64, 1, name="branch1x1"),
+                                        conv(48, 1, name="branch5x5_1"),
+                                        conv(64, 1, name="branch3x3dbl_1")])
     b5 = conv(64, 5, padding=2, name="branch5x5_2")(b5)
-    b3 = conv(64, 1, name="branch3x3dbl_1")(x)
     b3 = conv(96, 3, padding=1, name="branch3x3dbl_2")(b3)
     b3 = conv(96, 3, padding=1, name="branch3x3dbl_3")(b3)
     bp = conv(self.pool_features, 1, name="branch_pool")(avg_pool_excluding_padding(x))
@@ -188,11 +230,11 @@ class BlockC(nn.Module):
   def __call__(self, x):
     conv = functools.partial(ConvBN, dtype=self.dtype)
     c7 = self.channels_7x7
-    b1 = conv(192, 1, name="branch1x1")(x)
-    b7 = conv(c7, 1, name="branch7x7_1")(x)
+    b1, b7, bd = pointwise_siblings(x, [conv(192, 1, name="branch1x1"),
+                                        conv(c7, 1, name="branch7x7_1"),
+                                        conv(c7, 1, name="branch7x7dbl_1")])
     b7 = conv(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
     b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
-    bd = conv(c7, 1, name="branch7x7dbl_1")(x)
     bd = conv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
     bd = conv(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
     bd = conv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
@@ -208,9 +250,9 @@ class BlockD(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(ConvBN, dtype=self.dtype)
-    b3 = conv(192, 1, name="branch3x3_1")(x)
+    b3, b7 = pointwise_siblings(x, [conv(192, 1, name="branch3x3_1"),
+                                    conv(192, 1, name="branch7x7x3_1")])
     b3 = conv(320, 3, strides=2, name="branch3x3_2")(b3)
-    b7 = conv(192, 1, name="branch7x7x3_1")(x)
     b7 = conv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
     b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
     b7 = conv(192, 3, strides=2, name="branch7x7x3_4")(b7)
@@ -225,11 +267,11 @@ class BlockE(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(ConvBN, dtype=self.dtype)
-    b1 = conv(320, 1, name="branch1x1")(x)
-    b3 = conv(384, 1, name="branch3x3_1")(x)
+    b1, b3, bd = pointwise_siblings(x, [conv(320, 1, name="branch1x1"),
+                                        conv(384, 1, name="branch3x3_1"),
+                                        conv(448, 1, name="branch3x3dbl_1")])
     b3 = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
                           conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], axis=-1)
-    bd = conv(448, 1, name="branch3x3dbl_1")(x)
     bd = conv(384, 3, padding=1, name="branch3x3dbl_2")(bd)
     bd = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
                           conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], axis=-1)

@@ -226,3 +226,31 @@ def _write_cache(path: str, flat: dict[str, np.ndarray]) -> None:
     if "tmp" in locals() and os.path.exists(tmp):
       os.remove(tmp)
 
+
+
+def random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+  """Random weights in the layout of pytorch-fid's `.pth` (OIHW, with `num_batches_tracked`).
+
+  For tests and benchmarks, which must not need the real file: conv weights are
+  He-scaled and the BatchNorm statistics near identity, so activations stay O(1)
+  through the 94 conv units and the features are far from degenerate.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = expected_shapes()
+  bn_names = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+  state: dict[str, np.ndarray] = {}
+  for unit in sorted({path.rsplit("/", 2)[0] for path in shapes if "/conv/" in path}):
+    key = unit.replace("/", ".")
+    h, w, cin, cout = shapes[f"{unit}/conv/kernel"]
+    state[f"{key}.conv.weight"] = rng.normal(0, np.sqrt(2 / (h * w * cin)),
+                                             (cout, cin, h, w)).astype(np.float32)
+    for ours, theirs in bn_names.items():
+      if ours in ("scale", "var"):
+        value = rng.uniform(0.5, 1.5, cout)
+      else:
+        value = rng.normal(0, 0.2, cout)
+      state[f"{key}.bn.{theirs}"] = value.astype(np.float32)
+    state[f"{key}.bn.num_batches_tracked"] = np.array(0, np.int64)
+  state["fc.weight"] = rng.normal(0, 2048 ** -0.5, (1008, 2048)).astype(np.float32)
+  state["fc.bias"] = rng.normal(0, 0.1, 1008).astype(np.float32)
+  return state
