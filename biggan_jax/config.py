@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from gan_core.eval.config import eval_config
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -37,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.sample_every_steps = 1000  # Sample grid (G-EMA, fixed latents) to TensorBoard.
   c.num_grid_samples = 64
+  # FID/IS of G-EMA every this many steps (0: never) and at the end; see gan_core/eval.
+  c.eval_every_steps = 5000
+  c.eval = eval_config()
 
   m = c.model = ml_collections.ConfigDict()
   m.architecture = "biggan"  # 'biggan' or 'biggan_deep'.

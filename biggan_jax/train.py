@@ -31,7 +31,8 @@ from biggan_jax.models import ModelPair, build_models
 from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
 from gan_core.ema import ema_update
-from gan_core.images import make_grid
+from gan_core.eval.evaluator import Evaluator
+from gan_core.images import images_to_uint8, make_grid
 from gan_core.preemption import PreemptionFlag
 
 MUTABLE_G = ("batch_stats", "spectral")
@@ -88,11 +89,6 @@ def ortho_reg_grads(params: Any, strength: float) -> Any:
 def images_to_float(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def images_to_uint8(images: jax.Array) -> jax.Array:
-  """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 class BigGANTrainer:
@@ -328,6 +324,20 @@ def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: in
           "parameter_shapes": trainer.parameter_shapes}
 
 
+def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
+                   writer) -> Evaluator | None:
+  """FID/IS/KID of G-EMA every `config.eval_every_steps` (0: never), against unflipped reals."""
+  if not config.eval_every_steps:
+    return None
+  reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
+                         random_flip=False, data_dir=config.data_dir or None,
+                         download=config.download_dataset)
+  return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
+                   real_batches=lambda resolution, batch: (
+                       b["images"] for b in reals.iterate(0, (batch,))),
+                   writer=writer)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
   mesh = parallel.make_mesh()
@@ -360,6 +370,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   grid_z, _ = sample_latents(jax.random.PRNGKey(config.seed + 1), config.num_grid_samples,
                              trainer.models.dim_z, trainer.num_classes)
   grid_y = jnp.arange(config.num_grid_samples, dtype=jnp.int32) % trainer.num_classes
+
+  evaluator = make_evaluator(config, workdir, mesh, writer)
+  eval_latents = jax.jit(
+      lambda key: sample_latents(key, evaluator.batch_size, trainer.models.dim_z,
+                                 trainer.num_classes),
+      out_shardings=parallel.batch_sharding(mesh)) if evaluator else None
 
   data = pipeline.iterate(start_step * trainer.examples_per_iteration,
                           trainer.batch_leading_shape)
@@ -394,6 +410,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         images = trainer.generate(state.ema_params, state.ema_state, grid_z, grid_y)
         writer.write_images(step, {"samples_ema": make_grid(
             monitoring.to_host(images), int(np.ceil(np.sqrt(config.num_grid_samples))))[None]})
+      if evaluator and (step % config.eval_every_steps == 0 or last):
+        results = evaluator.evaluate(
+            step, lambda key: trainer.generate(state.ema_params, state.ema_state,
+                                               *eval_latents(key)),
+            resolution=config.model.resolution)
+        evaluator.maybe_keep_best(step, results, state, run_meta(config, trainer, step))
       if save:
         checkpoints.save(step, state, run_meta(config, trainer, step))
     if preemption.requested and checkpoints.latest_step() != step:
@@ -402,6 +424,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   finally:
     preemption.restore()
     checkpoints.close()
+    if evaluator:
+      evaluator.close()
     writer.close()
   if step < config.num_train_steps:
     logging.warning("Stopped at step %d on request; rerun the same command to continue.", step)

@@ -7,6 +7,13 @@ import numpy as np
 from PIL import Image
 
 
+def images_to_uint8(images):
+  """float [-1, 1] -> uint8 [0, 255]: round(127.5 x + 127.5), saturated (the PGGAN code's
+  quantisation, stated with every FID this project reports). Works on jax and numpy arrays."""
+  import jax.numpy as jnp
+  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
 def make_grid(images: np.ndarray, num_columns: int | None = None, padding: int = 2,
               pad_value: int = 0) -> np.ndarray:
   """Tiles uint8 NHWC images into one HWC image, row-major."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from gan_core.eval.config import eval_config
+
 RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -55,6 +57,10 @@ def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   c.checkpoint_every_kimg = 100.0
   c.log_every_kimg = 10.0
   c.sample_every_kimg = 100.0
+  # FID/IS of G-EMA every this many kimg (0: never) and at the end, at the current
+  # resolution; the best-FID checkpoint is kept among evaluations at full resolution.
+  c.eval_every_kimg = 1000.0
+  c.eval = eval_config()
   c.max_to_keep = 3
   c.num_grid_samples = 64
 

@@ -30,7 +30,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
 from gan_core.ema import ema_update
-from gan_core.images import make_grid, save_png
+from gan_core.eval.evaluator import Evaluator
+from gan_core.images import images_to_uint8, make_grid, save_png
 from gan_core.preemption import PreemptionFlag
 from pggan_jax import losses, schedule
 from pggan_jax.layers import downscale2d, upscale2d
@@ -82,11 +83,6 @@ def tf_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
 def images_to_float(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def images_to_uint8(images: jax.Array) -> jax.Array:
-  """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def fade_reals(reals: jax.Array, alpha: jax.Array) -> jax.Array:
@@ -284,6 +280,22 @@ def _crossed(before: int, after: int, every_kimg: float) -> bool:
   return interval > 0 and before // interval != after // interval
 
 
+def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
+                   writer) -> Evaluator | None:
+  """FID/IS/KID of G-EMA every `config.eval_every_kimg` (0: never) and at the end, at the
+  current resolution against reals box-downsampled to it (as D sees them, unmirrored)."""
+  if not config.eval_every_kimg:
+    return None
+  reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
+                         False, data_dir=config.data_dir or None,
+                         download=config.download_dataset)
+  return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
+                   real_batches=lambda resolution, batch: (
+                       b["images"] for b in reals.iterate(
+                           0, (batch,), downscale=config.model.resolution // resolution)),
+                   writer=writer)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        max_iterations: int | None = None) -> TrainState:
   """Trains until config.total_kimg, resuming from workdir's latest checkpoint.
@@ -339,6 +351,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       os.makedirs(sample_dir, exist_ok=True)
       save_png(os.path.join(sample_dir, f"kimg{images_seen // 1000:06d}_"
                             f"{at_phase.resolution}x{at_phase.resolution}.png"), grid)
+
+  evaluator = make_evaluator(config, workdir, mesh, writer)
+  if evaluator:
+    eval_latents = jax.jit(
+        lambda key: (jax.random.normal(key, (evaluator.batch_size, trainer.latent_size)),
+                     jax.random.randint(jax.random.fold_in(key, 1), (evaluator.batch_size,), 0,
+                                        max(trainer.num_classes, 1))),
+        out_shardings=parallel.batch_sharding(mesh))
+
+  def evaluate(at_phase: schedule.Phase) -> None:
+    results = evaluator.evaluate(
+        step, lambda key: trainer.generate(state.ema_params, *eval_latents(key),
+                                           jnp.float32(at_phase.alpha),
+                                           res=at_phase.resolution, fading=at_phase.fading),
+        resolution=at_phase.resolution,
+        extra={"kimg": images_seen / 1000, "alpha": at_phase.alpha})
+    if at_phase.resolution == config.model.resolution:  # FIDs at lower resolutions don't rank.
+      evaluator.maybe_keep_best(step, results, state, run_meta(
+          config, trainer, step, images_seen, schedule_images_seen))
 
   skip_tracker = {"step": step, "skipped": int(monitoring.to_host(state.skipped_updates))}
 
@@ -413,6 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, scalars)
       if done or _crossed(before, images_seen, config.sample_every_kimg):
         write_samples(phase)
+      if evaluator and (done or _crossed(before, images_seen, config.eval_every_kimg)):
+        evaluate(phase)
       if save:
         checkpoints.save(step, state, run_meta(config, trainer, step, images_seen,
                                                schedule_images_seen))
@@ -423,6 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     preemption.restore()
     checkpoints.close()
+    if evaluator:
+      evaluator.close()
     writer.close()
   if images_seen < total_images:
     logging.warning("Stopped at %.1f kimg on request; rerun the same command to continue.",

@@ -37,10 +37,9 @@ class InceptionFeatures:
     self.progress = progress
     self.model = FIDInceptionV3(outputs=self.outputs, dtype=dtype)
     self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
-    self._apply = jax.jit(self.model.apply,
-                          in_shardings=(parallel.replicated(self.mesh),
-                                        parallel.batch_sharding(self.mesh)),
-                          out_shardings=parallel.batch_sharding(self.mesh))
+    # Input shardings follow the arguments: host batches are put batch-sharded below,
+    # and generated samples arrive already sharded by the jit that made them.
+    self._apply = jax.jit(self.model.apply, out_shardings=parallel.batch_sharding(self.mesh))
 
   def on_device(self, images: jax.Array) -> dict[str, jax.Array]:
     """Features of a (global, batch-sharded) uint8 array whose batch divides over the mesh."""
