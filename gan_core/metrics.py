@@ -118,9 +118,10 @@ class ImageSet:
     for file in self.files:
       try:
         with Image.open(file) as image:
-          yield np.asarray(image.convert("RGB"), np.uint8)
-      except OSError as e:
+          array = np.asarray(image.convert("RGB"), np.uint8)
+      except Exception as e:  # PIL raises many types for broken files (ValueError, TypeError...).
         raise InputError(f"Cannot read image {file}: {e}. Remove or replace the file.") from e
+      yield array
 
   def as_array(self, what: str) -> np.ndarray:
     """All images as one uint8 array (they must share one size)."""
