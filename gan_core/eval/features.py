@@ -8,6 +8,7 @@ parity with the reference tools; `dtype=jnp.bfloat16` trades that for speed.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator, Sequence
 
 import jax
@@ -35,11 +36,8 @@ class InceptionFeatures:
     self.batch_size = -(-max(1, batch_size) // num_devices) * num_devices
     self.outputs = tuple(outputs)
     self.progress = progress
-    self.model = FIDInceptionV3(outputs=self.outputs, dtype=dtype)
     self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
-    # Input shardings follow the arguments: host batches are put batch-sharded below,
-    # and generated samples arrive already sharded by the jit that made them.
-    self._apply = jax.jit(self.model.apply, out_shardings=parallel.batch_sharding(self.mesh))
+    self._apply = _compiled_network(self.outputs, jnp.dtype(dtype), self.mesh)
 
   def on_device(self, images: jax.Array) -> dict[str, jax.Array]:
     """Features of a (global, batch-sharded) uint8 array whose batch divides over the mesh."""
@@ -72,6 +70,18 @@ class InceptionFeatures:
       progress.close()
     return {name: np.concatenate(parts) if parts else np.zeros((0, OUTPUT_DIMS[name]), np.float32)
             for name, parts in collected.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_network(outputs: tuple[str, ...], dtype: jnp.dtype, mesh: Mesh):
+  """One jitted network per (outputs, dtype, mesh), shared by all extractors of a process so
+  that, e.g., each new evaluator does not compile the Inception again.
+
+  Input shardings follow the arguments: host batches are put batch-sharded, and generated
+  samples arrive sharded by the jit that made them.
+  """
+  model = FIDInceptionV3(outputs=outputs, dtype=dtype)
+  return jax.jit(model.apply, out_shardings=parallel.batch_sharding(mesh))
 
 
 def _check_uint8_images(images: np.ndarray) -> None:
