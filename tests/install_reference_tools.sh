@@ -4,7 +4,7 @@
 # (pip's --find-links, e.g. /opt/wheels): from PyPI, torch would pull several GB of CUDA
 # packages. Without it the parity tests are skipped and this script still succeeds.
 set -u
-if python -c "import torch, torch_fidelity" 2>/dev/null; then
+if python -c "import importlib.util as u, torch; assert u.find_spec('torch_fidelity')" 2>/dev/null; then
   exit 0
 fi
 if pip install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null \
