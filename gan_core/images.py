@@ -53,6 +53,23 @@ def save_npz_deterministic(path: str, **arrays: np.ndarray) -> None:
       archive.writestr(info, buffer.getvalue())
 
 
+def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+  """np.savez to a temporary file in the target folder (created if needed), then renamed,
+  so readers never see a half-written file."""
+  import os
+  import tempfile
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.partial")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def box_downsample_uint8(images: np.ndarray, factor: int) -> np.ndarray:
   """uint8 NHWC images averaged over factor x factor boxes, rounded to uint8.
 

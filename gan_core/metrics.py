@@ -174,9 +174,10 @@ def compute(path_a: str, path_b: str | None) -> list[tuple[str, float]]:
       features_b = extractor(b.iterate(), total=len(b), description="B")
 
   from gan_core.eval import fid, inception_score, kid
+  from gan_core.images import save_npz_atomic
   if _DUMP_FEATURES.value:
-    _save_npz(_DUMP_FEATURES.value, pool=features_a["pool"],
-              logits_unbiased=features_a["logits_unbiased"])
+    save_npz_atomic(_DUMP_FEATURES.value, pool=features_a["pool"],
+                    logits_unbiased=features_a["logits_unbiased"])
   if _SAVE_STATS.value:
     mu, sigma = fid.feature_statistics(features_a["pool"])
     fid.save_statistics(_SAVE_STATS.value, mu, sigma, num_images=np.int64(len(a)))
@@ -216,12 +217,6 @@ def _make_extractor():
   return features.InceptionFeatures(
       variables, batch_size=_BATCH_SIZE.value, outputs=("pool", "logits_unbiased"),
       dtype=jnp.bfloat16 if _BF16.value else jnp.float32, progress=_PROGRESS.value)
-
-
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  np.savez(path, **arrays)
 
 
 def main(argv: list[str]) -> None:

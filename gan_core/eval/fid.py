@@ -10,9 +10,10 @@ TTUR publish, so their precomputed dataset statistics can be used directly.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from gan_core.images import save_npz_atomic
 
 
 class StatisticsFileError(ValueError):
@@ -48,16 +49,8 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> None:
   """Writes `mu`, `sigma` (and extra arrays, e.g. `num_images`) atomically to an `.npz`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.partial")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  save_npz_atomic(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                  **extra)
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gan_core.images import save_npz_atomic
+
 from gan_core.eval.inception import FIDInceptionV3, OUTPUT_NAMES
 
 PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -217,14 +219,9 @@ def load_inception_params(path: str | None = None, *, download: bool = False,
 def _write_cache(path: str, flat: dict[str, np.ndarray]) -> None:
   """Best effort (a read-only cache only costs the conversion next time); atomic."""
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.partial")
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **flat)
-    os.replace(tmp, path)
+    save_npz_atomic(path, **flat)
   except OSError:
-    if "tmp" in locals() and os.path.exists(tmp):
-      os.remove(tmp)
+    pass
 
 
 
