@@ -11,11 +11,13 @@ from absl import logging
 
 
 def create_writer(workdir: str):
-  """A clu writer: TensorBoard under workdir/tensorboard and the console (process 0 only)."""
+  """A clu writer: TensorBoard under workdir/tensorboard and the console, on process 0;
+  on the other processes of a multi-host run a writer that writes nothing."""
   from clu import metric_writers
-  return metric_writers.create_default_writer(
-      os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0,
-      asynchronous=True)
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
+                                              asynchronous=True)
 
 
 def to_host(tree: Any) -> Any:
@@ -54,3 +56,25 @@ def log_parameter_overview(name: str, params: Any) -> int:
     logging.info("%s parameters:\n%s", name, parameter_overview.get_parameter_overview(
         params, include_stats=False))
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def flatten_scalars(tree: Any, prefix: str = "") -> dict[str, float]:
+  """{'a/b/c': float} for a nested dict of scalars (e.g. per-layer norms)."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    flat[prefix + name] = float(leaf)
+  return flat
+
+
+def singular_values(spectral: Any, name: str) -> dict[str, float]:
+  """Per-layer top singular values from a `spectral` collection's `sigma` entries,
+  as `sigma/<name>/<layer>`, plus their maximum as `sigma_max/<name>`."""
+  values = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(spectral):
+    keys = [str(getattr(k, "key", k)) for k in path]
+    if keys and keys[-1] == "sigma":
+      values[f"sigma/{name}/" + "/".join(keys[:-1])] = float(np.asarray(leaf))
+  if values:
+    values[f"sigma_max/{name}"] = max(values.values())
+  return values

@@ -7,30 +7,86 @@ global batch's statistics: cross-replica batch norm by construction).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError as e:
+    raise ValueError(f"environment variable {name}={value!r} must be an integer") from e
+
+
+def detect_cluster() -> str | None:
+  """'slurm' or 'tpu' when this process is one of several in a SLURM job / TPU pod slice."""
+  if "SLURM_JOB_ID" in os.environ and (_env_int("SLURM_NTASKS") or 1) > 1:
+    return "slurm"
+  if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    return "tpu"
+  return None
+
+
 def maybe_initialize_distributed(coordinator_address: str | None = None,
                                  num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
-  """Starts the JAX multi-controller runtime when a multi-process run asks for it.
+                                 process_id: int | None = None) -> bool:
+  """Starts the JAX multi-controller runtime when this is a multi-process run.
 
-  With explicit arguments they are used; otherwise nothing happens (single
-  process). TPU VMs and SLURM jobs can call `jax.distributed.initialize()`
-  without arguments; pass `coordinator_address='auto'` for that.
+  In order of precedence:
+  - explicit arguments (the `--coordinator_address/--num_processes/--process_id`
+    flags); `coordinator_address='auto'` lets `jax.distributed.initialize()`
+    detect a TPU VM slice or SLURM job;
+  - the environment `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
+    `JAX_PROCESS_ID` (what `launch/local.sh` exports; JAX itself reads
+    `JAX_NUM_CPU_DEVICES`, the simulated CPU devices per process);
+  - a SLURM job with more than one task, or a multi-worker TPU VM slice;
+  - otherwise nothing: a single process.
+
+  Returns True when the runtime was started (or already running).
   """
+  from jax._src import distributed
+  if distributed.global_state.client is not None:
+    return True
   if coordinator_address is None and num_processes in (None, 1):
-    return
+    env_address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    env_processes = _env_int("JAX_NUM_PROCESSES")
+    if env_address and env_processes and env_processes > 1:
+      coordinator_address, num_processes = env_address, env_processes
+      process_id = _env_int("JAX_PROCESS_ID")
+      if process_id is None:
+        raise ValueError("JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but "
+                         "JAX_PROCESS_ID is not: set it to this process's index "
+                         f"(0..{num_processes - 1}).")
+    elif detect_cluster():
+      coordinator_address = "auto"
+    else:
+      return False
+  if coordinator_address != "auto" and None in (coordinator_address, num_processes, process_id):
+    raise ValueError("a multi-process run needs all of --coordinator_address=HOST:PORT, "
+                     "--num_processes=N and --process_id=I (or --coordinator_address=auto "
+                     "on a TPU VM slice or in a SLURM job).")
   if coordinator_address == "auto":
     jax.distributed.initialize()
   else:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info("JAX distributed: process %d of %d, %d local / %d global devices.",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
+
+
+def is_multiprocess() -> bool:
+  return jax.process_count() > 1
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

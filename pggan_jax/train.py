@@ -427,6 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       step += 1
       before, images_seen = images_seen, images_seen + config.num_d_steps * phase.batch_size
       done = step % repeats == 0 and images_seen >= total_images
+      preemption.check(step)
       if step == stop_at:
         preemption.requested = True
       save = done or preemption.requested or _crossed(before, images_seen,
