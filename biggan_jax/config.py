@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from gan_core.eval.config import eval_config
+from gan_core.guard import guard_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   # FID/IS of G-EMA every this many steps (0: never) and at the end; see gan_core/eval.
   c.eval_every_steps = 5000
   c.eval = eval_config()
+  # Divergence guard: non-finite steps (and optional D-margin / singular-value limits) roll
+  # back to the last good checkpoint; see gan_core/guard.py.
+  c.guard = guard_config()
 
   m = c.model = ml_collections.ConfigDict()
   m.architecture = "biggan"  # 'biggan' or 'biggan_deep'.

@@ -32,6 +32,7 @@ from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
 from gan_core.ema import ema_update
 from gan_core.eval.evaluator import Evaluator
+from gan_core.guard import Guard, rollback_key
 from gan_core.images import images_to_uint8, make_grid
 from gan_core.preemption import PreemptionFlag
 
@@ -84,6 +85,11 @@ def ortho_reg_grads(params: Any, strength: float) -> Any:
     gram = gram * (1.0 - jnp.eye(gram.shape[0], dtype=gram.dtype))
     return (2.0 * strength * (gram @ mat)).T.reshape(w.shape)
   return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def layer_norms(tree: Any) -> Any:
+  """The L2 norm of every leaf (per-layer gradient norms, for collapse diagnosis)."""
+  return jax.tree.map(lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))), tree)
 
 
 def images_to_float(images: jax.Array) -> jax.Array:
@@ -222,6 +228,7 @@ class BigGANTrainer:
     d_params = optax.apply_updates(d_params, updates)
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["d_grad_norm"] = optax.global_norm(grads)
+    metrics["layer_grad_norm/D"] = layer_norms(grads)
     return (g_state, d_params, d_state, d_opt_state), metrics
 
   def _g_micro_step(self, g_params, d_params, carry, key):
@@ -267,9 +274,14 @@ class BigGANTrainer:
     ema_params = ema_update(state.ema_params, g_params, decay)
     ema_state = ema_update(state.ema_state, g_state, decay)
 
-    metrics = jax.tree.map(jnp.mean, d_metrics)
+    metrics = jax.tree.map(jnp.mean, d_metrics)  # Per-layer D norms: mean over D steps.
+    metrics["d_margin"] = metrics["d_real"] - metrics["d_fake"]
     metrics["g_loss"] = jnp.mean(g_losses)
     metrics["g_grad_norm"] = optax.global_norm(g_grads)
+    metrics["layer_grad_norm/G"] = layer_norms(g_grads)
+    # Non-finite iff some parameter is: the guard never keeps such a state.
+    metrics["g_param_norm"] = optax.global_norm(g_params)
+    metrics["d_param_norm"] = optax.global_norm(d_params)
     new_state = TrainState(
         step=state.step + 1, rng=state.rng, g_params=g_params, g_state=g_state,
         d_params=d_params, d_state=d_state, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
@@ -315,13 +327,15 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   return wanted or dataset_classes
 
 
-def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: int) -> dict:
+def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: int,
+             rollbacks: int = 0) -> dict:
   """What a checkpoint records besides the state (checked when resuming)."""
   return {"step": step, "model": "biggan",
           "config": json.loads(config.to_json_best_effort()),
           "num_classes": trainer.num_classes,
           "data_position": step * trainer.examples_per_iteration,
-          "parameter_shapes": trainer.parameter_shapes}
+          "parameter_shapes": trainer.parameter_shapes,
+          "rollbacks": rollbacks}
 
 
 def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
@@ -338,6 +352,18 @@ def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
                    writer=writer)
 
 
+def host_scalars(metrics: dict, state: TrainState) -> dict[str, float]:
+  """One iteration's metrics on the host, flat, with per-layer singular values of G and D."""
+  host = monitoring.to_host(metrics)
+  scalars = {k: float(v) for k, v in host.items() if not isinstance(v, dict)}
+  for name in ("layer_grad_norm/G", "layer_grad_norm/D"):
+    scalars.update(monitoring.flatten_scalars(host[name], name + "/"))
+  spectral = monitoring.to_host({"G": state.g_state["spectral"], "D": state.d_state["spectral"]})
+  scalars.update(monitoring.singular_values(spectral["G"], "G"))
+  scalars.update(monitoring.singular_values(spectral["D"], "D"))
+  return scalars
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
   mesh = parallel.make_mesh()
@@ -348,11 +374,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                            config.max_to_keep)
   latest = checkpoints.latest_step()
+  guard = Guard(config.guard)
   if latest is not None:
-    checkpointing.check_compatible(checkpoints.restore_meta(latest),
-                                   run_meta(config, trainer, latest),
+    saved_meta = checkpoints.restore_meta(latest)
+    checkpointing.check_compatible(saved_meta, run_meta(config, trainer, latest),
                                    checkpoints.directory, latest)
     state = checkpoints.restore_state(latest, trainer.abstract_state())
+    guard.rollbacks = int(saved_meta.get("rollbacks", 0))
     logging.info("Resumed from %s at step %d.", checkpoints.directory, latest)
   else:
     state = trainer.init_state(config.seed)
@@ -376,34 +404,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       lambda key: sample_latents(key, evaluator.batch_size, trainer.models.dim_z,
                                  trainer.num_classes),
       out_shardings=parallel.batch_sharding(mesh)) if evaluator else None
+  reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=trainer.replicated)
 
-  data = pipeline.iterate(start_step * trainer.examples_per_iteration,
-                          trainer.batch_leading_shape)
+  def start_data(at_step: int):
+    return pipeline.iterate(at_step * trainer.examples_per_iteration,
+                            trainer.batch_leading_shape)
+
+  def meta(at_step: int) -> dict:
+    return run_meta(config, trainer, at_step, guard.rollbacks)
+
+  data = start_data(start_step)
   progress = monitoring.Progress(start_step, config.num_train_steps,
                                  trainer.examples_per_iteration)
   preemption = PreemptionFlag()
   step = start_step
-
-  def ensure_finite(metrics) -> dict:
-    host = {k: float(v) for k, v in monitoring.to_host(metrics).items()}
-    bad = [k for k, v in host.items() if not np.isfinite(v)]
-    if bad:
-      raise FloatingPointError(
-          f"non-finite {', '.join(bad)} at step {step}; not saving this state. The latest "
-          f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}. "
-          "Lower the learning rates or try another seed, then rerun to resume from it.")
-    return host
-
   try:
     while step < config.num_train_steps and not preemption.requested:
       local = next(data)
       batch = {k: parallel.global_array_from_local(v, mesh, 2) for k, v in local.items()}
       state, metrics = trainer.train_iteration(state, batch)
       step += 1
+      preemption.check(step)
       last = step == config.num_train_steps
       save = last or preemption.requested or step % config.checkpoint_every_steps == 0
       if save or step % config.log_every_steps == 0:
-        scalars = ensure_finite(metrics)
+        scalars = host_scalars(metrics, state)
+        problem = guard.check(scalars)
+        if problem:  # Not kept: back to the last good checkpoint, on another random path.
+          checkpoints.wait()
+          good_step = checkpoints.latest_step()
+          guard.start_rollback(step, problem, good_step, checkpoints.directory)
+          state = (trainer.init_state(config.seed) if good_step is None else
+                   checkpoints.restore_state(good_step, trainer.abstract_state()))
+          state = state.replace(rng=reseed(state.rng, guard.rollbacks))
+          step = good_step or 0
+          data.close()
+          data = start_data(step)
+          progress = monitoring.Progress(step, config.num_train_steps,
+                                         trainer.examples_per_iteration)
+          writer.write_scalars(step, {"guard/rollbacks": guard.rollbacks})
+          continue
         scalars.update(progress.report(step), g_lr=config.g_lr, d_lr=config.d_lr)
         writer.write_scalars(step, scalars)
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or last):
@@ -415,13 +455,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             step, lambda key: trainer.generate(state.ema_params, state.ema_state,
                                                *eval_latents(key)),
             resolution=config.model.resolution)
-        evaluator.maybe_keep_best(step, results, state, run_meta(config, trainer, step))
+        evaluator.maybe_keep_best(step, results, state, meta(step))
       if save:
-        checkpoints.save(step, state, run_meta(config, trainer, step))
+        checkpoints.save(step, state, meta(step))
     if preemption.requested and checkpoints.latest_step() != step:
-      checkpoints.save(step, state, run_meta(config, trainer, step))  # Preempted before a step.
+      checkpoints.save(step, state, meta(step))  # SIGTERM before the first iteration.
     writer.flush()
   finally:
+    data.close()
     preemption.restore()
     checkpoints.close()
     if evaluator:
