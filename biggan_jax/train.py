@@ -87,11 +87,6 @@ def ortho_reg_grads(params: Any, strength: float) -> Any:
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
-def layer_norms(tree: Any) -> Any:
-  """The L2 norm of every leaf (per-layer gradient norms, for collapse diagnosis)."""
-  return jax.tree.map(lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))), tree)
-
-
 def images_to_float(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
@@ -228,7 +223,7 @@ class BigGANTrainer:
     d_params = optax.apply_updates(d_params, updates)
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["d_grad_norm"] = optax.global_norm(grads)
-    metrics["layer_grad_norm/D"] = layer_norms(grads)
+    metrics["layer_grad_norm/D"] = monitoring.layer_norms(grads)
     return (g_state, d_params, d_state, d_opt_state), metrics
 
   def _g_micro_step(self, g_params, d_params, carry, key):
@@ -278,7 +273,7 @@ class BigGANTrainer:
     metrics["d_margin"] = metrics["d_real"] - metrics["d_fake"]
     metrics["g_loss"] = jnp.mean(g_losses)
     metrics["g_grad_norm"] = optax.global_norm(g_grads)
-    metrics["layer_grad_norm/G"] = layer_norms(g_grads)
+    metrics["layer_grad_norm/G"] = monitoring.layer_norms(g_grads)
     # Non-finite iff some parameter is: the guard never keeps such a state.
     metrics["g_param_norm"] = optax.global_norm(g_params)
     metrics["d_param_norm"] = optax.global_norm(d_params)

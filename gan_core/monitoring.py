@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -78,3 +79,8 @@ def singular_values(spectral: Any, name: str) -> dict[str, float]:
   if values:
     values[f"sigma_max/{name}"] = max(values.values())
   return values
+
+
+def layer_norms(tree: Any) -> Any:
+  """The L2 norm of every leaf, e.g. per-layer gradient norms (traceable, for jit)."""
+  return jax.tree.map(lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))), tree)

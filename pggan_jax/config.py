@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from gan_core.eval.config import eval_config
+from gan_core.guard import guard_config
 
 RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -61,6 +62,10 @@ def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   # resolution; the best-FID checkpoint is kept among evaluations at full resolution.
   c.eval_every_kimg = 1000.0
   c.eval = eval_config()
+  # Divergence guard (gan_core/guard.py): non-finite parameters, a stuck run (every update
+  # skipped for non-finite gradients) or D(real) - D(fake) above max_d_margin roll back to
+  # the last good checkpoint, at most max_rollbacks times.
+  c.guard = guard_config(spectral_norm_signals=False)
   c.max_to_keep = 3
   c.num_grid_samples = 64
 

@@ -31,6 +31,7 @@ from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
 from gan_core.ema import ema_update
 from gan_core.eval.evaluator import Evaluator
+from gan_core.guard import Guard, rollback_key
 from gan_core.images import images_to_uint8, make_grid, save_png
 from gan_core.preemption import PreemptionFlag
 from pggan_jax import losses, schedule
@@ -213,6 +214,7 @@ class PGGANTrainer:
       d_params, d_opt_state, finite = self._adam_step(d_params, d_opt_state, grads,
                                                       learning_rate)
       metrics = dict(metrics, d_loss=loss, d_grad_norm=optax.global_norm(grads),
+                     **{"layer_grad_norm/D": monitoring.layer_norms(grads)},
                      d_skipped=1.0 - finite.astype(jnp.float32))
       return (d_params, d_opt_state, ema_params), metrics
 
@@ -234,9 +236,14 @@ class PGGANTrainer:
     (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g_params)
     g_params, g_opt_state, g_finite = self._adam_step(state.g_params, state.g_opt_state, g_grads,
                                                       learning_rate)
-    metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
+    metrics = jax.tree.map(jnp.mean, d_metrics)
     metrics.update(g_metrics, g_loss=g_loss, g_grad_norm=optax.global_norm(g_grads),
-                   g_skipped=1.0 - g_finite.astype(jnp.float32))
+                   g_skipped=1.0 - g_finite.astype(jnp.float32),
+                   d_margin=metrics["d_real"] - metrics["d_fake"],
+                   # Non-finite iff some parameter is: the guard never keeps such a state.
+                   g_param_norm=optax.global_norm(g_params),
+                   d_param_norm=optax.global_norm(d_params))
+    metrics["layer_grad_norm/G"] = monitoring.layer_norms(g_grads)
     skipped = jnp.sum(d_metrics["d_skipped"]) + metrics["g_skipped"]
     new_state = TrainState(
         step=state.step + 1, images_seen=state.images_seen + cfg.num_d_steps * batch_size,
@@ -266,13 +273,14 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
 
 
 def run_meta(config: ml_collections.ConfigDict, trainer: PGGANTrainer, step: int,
-             images_seen: int, schedule_images_seen: int) -> dict:
+             images_seen: int, schedule_images_seen: int, rollbacks: int = 0) -> dict:
   """What a checkpoint records besides the state (checked when resuming)."""
   phase = schedule.phase_at(schedule_images_seen, config)
   return {"step": step, "model": "pggan", "config": json.loads(config.to_json_best_effort()),
           "num_classes": trainer.num_classes, "images_seen": images_seen,
           "schedule_images_seen": schedule_images_seen, "resolution": phase.resolution,
-          "alpha": phase.alpha, "lod": phase.lod, "parameter_shapes": trainer.parameter_shapes}
+          "alpha": phase.alpha, "lod": phase.lod, "parameter_shapes": trainer.parameter_shapes,
+          "rollbacks": rollbacks}
 
 
 def _crossed(before: int, after: int, every_kimg: float) -> bool:
@@ -311,15 +319,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainer = PGGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                            config.max_to_keep)
+  guard = Guard(config.guard)
+
+  def restore(at_step: int):
+    """(state, schedule_images_seen, phase, meta) of checkpoint `at_step`."""
+    meta = checkpoints.restore_meta(at_step)
+    restored = checkpoints.restore_state(at_step, trainer.abstract_state())
+    at_schedule = int(meta["schedule_images_seen"])
+    return restored, at_schedule, schedule.phase_at(at_schedule, config), meta
+
   latest = checkpoints.latest_step()
   phase = None
   if latest is not None:
-    meta = checkpoints.restore_meta(latest)
     current = run_meta(config, trainer, latest, 0, 0)
-    checkpointing.check_compatible(meta, current, checkpoints.directory, latest)
-    state = checkpoints.restore_state(latest, trainer.abstract_state())
-    schedule_images_seen = int(meta["schedule_images_seen"])
-    phase = schedule.phase_at(schedule_images_seen, config)
+    checkpointing.check_compatible(checkpoints.restore_meta(latest), current,
+                                   checkpoints.directory, latest)
+    state, schedule_images_seen, phase, meta = restore(latest)
+    guard.rollbacks = int(meta.get("rollbacks", 0))
     logging.info("Resumed from %s at step %d (%.1f kimg, %dx%d, alpha %.3f).",
                  checkpoints.directory, latest, meta["images_seen"] / 1000, phase.resolution,
                  phase.resolution, phase.alpha)
@@ -369,33 +385,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         extra={"kimg": images_seen / 1000, "alpha": at_phase.alpha})
     if at_phase.resolution == config.model.resolution:  # FIDs at lower resolutions don't rank.
       evaluator.maybe_keep_best(step, results, state, run_meta(
-          config, trainer, step, images_seen, schedule_images_seen))
+          config, trainer, step, images_seen, schedule_images_seen, guard.rollbacks))
 
   skip_tracker = {"step": step, "skipped": int(monitoring.to_host(state.skipped_updates))}
 
-  def check_updates(metrics) -> dict:
-    """Non-finite gradients skip an update (as officially) and are reported; a run in which
-    every update since the last report was skipped is stuck, and stops without saving."""
-    host = {k: float(v) for k, v in monitoring.to_host(metrics).items()}
+  def check_updates(metrics) -> tuple[dict, str | None]:
+    """Host scalars and the guard's verdict. Non-finite gradients skip an update (as
+    officially) and are reported; a run in which every update since the last report was
+    skipped is stuck, which the guard treats like non-finite parameters or a D margin
+    above guard.max_d_margin."""
+    host = monitoring.to_host(metrics)
+    scalars = {k: float(v) for k, v in host.items() if not isinstance(v, dict)}
+    for name in ("layer_grad_norm/G", "layer_grad_norm/D"):
+      scalars.update(monitoring.flatten_scalars(host[name], name + "/"))
     skipped = int(monitoring.to_host(state.skipped_updates))
     new_skips = skipped - skip_tracker["skipped"]
     possible = (step - skip_tracker["step"]) * (config.num_d_steps + 1)
     skip_tracker.update(step=step, skipped=skipped)
-    host["skipped_updates"] = float(skipped)
+    scalars["skipped_updates"] = float(skipped)
     if new_skips:
-      bad = [k for k, v in host.items() if not np.isfinite(v)]
+      bad = [k for k, v in scalars.items() if not np.isfinite(v)]
       logging.warning("%d of the last %d updates were skipped for non-finite gradients "
                       "(non-finite: %s).", new_skips, possible, ", ".join(bad) or "none now")
     if possible and new_skips >= possible:
-      raise FloatingPointError(
-          f"every update in the last {possible} was skipped for non-finite gradients (step "
-          f"{step}, {images_seen / 1000:.1f} kimg): training is stuck; not saving. The latest "
-          f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}. "
-          "Lower the learning rates or try another seed, then rerun to resume from it.")
-    return host
+      return scalars, (f"stuck: every update in the last {possible} was skipped for "
+                       "non-finite gradients")
+    checked = {k: scalars[k] for k in ("g_param_norm", "d_param_norm")}
+    if np.isfinite(scalars["d_margin"]):  # A skipped update may leave non-finite scores.
+      checked["d_margin"] = scalars["d_margin"]
+    return scalars, guard.check(checked)
 
   data = None
   data_key = None
+  reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=trainer.replicated)
   preemption = PreemptionFlag()
   last_time, last_images = time.perf_counter(), images_seen
   repeats = config.minibatch_repeats
@@ -433,7 +455,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       save = done or preemption.requested or _crossed(before, images_seen,
                                                       config.checkpoint_every_kimg)
       if save or _crossed(before, images_seen, config.log_every_kimg):
-        scalars = check_updates(metrics)
+        scalars, problem = check_updates(metrics)
+        if problem:  # Not kept: back to the last good checkpoint, on another random path.
+          checkpoints.wait()
+          good_step = checkpoints.latest_step()
+          guard.start_rollback(step, problem, good_step, checkpoints.directory)
+          if good_step is None:
+            state, schedule_images_seen, phase = trainer.init_state(config.seed), 0, None
+          else:
+            state, schedule_images_seen, phase, _ = restore(good_step)
+          state = state.replace(rng=reseed(state.rng, guard.rollbacks))
+          step = int(monitoring.to_host(state.step))
+          images_seen = int(monitoring.to_host(state.images_seen))
+          skip_tracker.update(step=step, skipped=int(monitoring.to_host(state.skipped_updates)))
+          data.close()
+          data, data_key = None, None
+          last_time, last_images = time.perf_counter(), images_seen
+          writer.write_scalars(step, {"guard/rollbacks": guard.rollbacks})
+          continue
         now = time.perf_counter()
         sec_per_kimg = (now - last_time) / max(images_seen - last_images, 1) * 1000
         last_time, last_images = now, images_seen
@@ -449,12 +488,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         evaluate(phase)
       if save:
         checkpoints.save(step, state, run_meta(config, trainer, step, images_seen,
-                                               schedule_images_seen))
+                                               schedule_images_seen, guard.rollbacks))
     if preemption.requested and checkpoints.latest_step() != step:
       checkpoints.save(step, state, run_meta(config, trainer, step, images_seen,
-                                             schedule_images_seen))
+                                             schedule_images_seen, guard.rollbacks))
     writer.flush()
   finally:
+    if data is not None:
+      data.close()
     preemption.restore()
     checkpoints.close()
     if evaluator:

@@ -99,3 +99,30 @@ def test_diagnostics_include_per_layer_singular_values_and_gradient_norms():
   assert scalars["sigma_max/G"] == max(v for k, v in scalars.items() if k.startswith("sigma/G/"))
   assert np.isclose(scalars["d_margin"], scalars["d_real"] - scalars["d_fake"])
   assert all(np.isfinite(v) for v in scalars.values())
+
+
+def test_pggan_rolls_back_with_its_schedule_position(tmp_path, monkeypatch, caplog):
+  from pggan_jax import train as pggan_train
+  from test_pggan_train import tiny_pggan_config
+  original = pggan_train.PGGANTrainer._train_iteration
+
+  def poisoned(self, state, batch, alpha, learning_rate, *, res, fading):
+    new_state, metrics = original(self, state, batch, alpha, learning_rate, res=res,
+                                  fading=fading)
+    original_stream = jnp.all(state.rng == jax.random.split(jax.random.PRNGKey(0))[1])
+    hit = (new_state.step == 3) & original_stream
+    metrics["g_param_norm"] = jnp.where(hit, jnp.inf, metrics["g_param_norm"])
+    return new_state, metrics
+  monkeypatch.setattr(pggan_train.PGGANTrainer, "_train_iteration", poisoned)
+  config = tiny_pggan_config()
+  config.total_kimg = 0.032  # 4 iterations of 8 images, all at 4x4.
+  config.checkpoint_every_kimg = 0.016
+  config.log_every_kimg = 0.008
+  state = pggan_train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 4 and int(state.images_seen) == 32
+  assert "DIVERGENCE at step 3: non-finite g_param_norm" in caplog.text
+  assert "rolling back to checkpoint step 2" in caplog.text
+  checkpoints = Checkpointer(str(tmp_path / "checkpoints"))
+  meta = checkpoints.restore_meta(4)
+  checkpoints.close()
+  assert meta["rollbacks"] == 1 and meta["images_seen"] == 32
