@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gan_core.errors import ConfigError
+
 
 def hinge_d_loss(d_real: jax.Array, d_fake: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns (E[relu(1 - D(x))], E[relu(1 + D(G(z)))]); D's loss is their sum."""
@@ -32,5 +34,5 @@ LOSSES = {
 
 def get_losses(name: str):
   if name not in LOSSES:
-    raise ValueError(f"config.loss={name!r}: choose one of {sorted(LOSSES)}")
+    raise ConfigError(f"config.loss={name!r}: choose one of {sorted(LOSSES)}")
   return LOSSES[name]

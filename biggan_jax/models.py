@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from biggan_jax.layers import (BatchNorm, DBlock, DBlockDeep, GBlock, GBlockDeep, SelfAttention,
                                SNConv, SNDense, SNEmbed, orthogonal_init)
+from gan_core.errors import ConfigError
 
 Dtype = Any
 
@@ -47,7 +48,7 @@ BOTTOM_WIDTH = 4
 
 def _check_resolution(resolution: int) -> None:
   if resolution not in G_ARCH:
-    raise ValueError(f"model.resolution={resolution} is not supported; choose one of "
+    raise ConfigError(f"model.resolution={resolution} is not supported; choose one of "
                      f"{sorted(G_ARCH)}")
 
 
@@ -91,7 +92,7 @@ class Generator(nn.Module):
     if self.hierarchical:
       num_slots = self.num_blocks + 1
       if self.dim_z % num_slots:
-        raise ValueError(f"model.dim_z={self.dim_z} must be divisible by the number of latent "
+        raise ConfigError(f"model.dim_z={self.dim_z} must be divisible by the number of latent "
                          f"chunks ({num_slots} = blocks + 1) for hierarchical latents")
       chunks = jnp.split(z, num_slots, axis=-1)
       z_first = chunks[0]
@@ -244,5 +245,5 @@ def build_models(model_config: Any, num_classes: int) -> ModelPair:
     d = DiscriminatorDeep(ch=m.ch, depth=m.depth, attention_resolutions=tuple(m.d_attention),
                           **common)
   else:
-    raise ValueError(f"model.architecture={m.architecture!r}: choose 'biggan' or 'biggan_deep'")
+    raise ConfigError(f"model.architecture={m.architecture!r}: choose 'biggan' or 'biggan_deep'")
   return ModelPair(g, d, m.dim_z, num_classes, m.resolution)

@@ -30,6 +30,7 @@ from biggan_jax import losses
 from biggan_jax.models import ModelPair, build_models
 from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
+from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
 from gan_core.eval.evaluator import Evaluator
 from gan_core.guard import Guard, rollback_key
@@ -101,7 +102,7 @@ class BigGANTrainer:
     self.models: ModelPair = build_models(config.model, num_classes)
     self.num_classes = self.models.num_classes
     if config.batch_size % config.num_accumulations:
-      raise ValueError(f"batch_size={config.batch_size} must be divisible by "
+      raise ConfigError(f"batch_size={config.batch_size} must be divisible by "
                        f"num_accumulations={config.num_accumulations}")
     self.micro_batch = config.batch_size // config.num_accumulations
     parallel.check_batch_divisible(self.micro_batch, mesh,
@@ -313,11 +314,11 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   """Checks config.model.num_classes against the dataset (0 in the config: take the dataset's)."""
   wanted = config.model.num_classes
   if wanted and dataset_classes and wanted != dataset_classes:
-    raise ValueError(f"config.model.num_classes={wanted} but dataset {config.dataset!r} has "
+    raise ConfigError(f"config.model.num_classes={wanted} but dataset {config.dataset!r} has "
                      f"{dataset_classes} classes. Set --config.model.num_classes="
                      f"{dataset_classes} (or 0 to take it from the dataset).")
   if wanted and not dataset_classes and wanted > 1:
-    raise ValueError(f"dataset {config.dataset!r} has no labels (unconditional) but "
+    raise ConfigError(f"dataset {config.dataset!r} has no labels (unconditional) but "
                      f"config.model.num_classes={wanted}. Set --config.model.num_classes=0.")
   return wanted or dataset_classes
 

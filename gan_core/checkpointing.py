@@ -34,6 +34,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
     self.directory = _as_path(directory)
+    self._saving_step: int | None = None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
@@ -54,25 +55,29 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
     """Starts an asynchronous save of `state` and `meta` at `step`."""
     meta = json.loads(json.dumps(meta))  # Fail here, not in a background thread.
+    self._saving_step = step
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    except OSError as e:
+    except Exception as e:  # Also a failure of the previous asynchronous save.
       raise CheckpointError(self._write_failure(step, e)) from e
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""
     try:
       self._manager.wait_until_finished()
-    except OSError as e:
-      raise CheckpointError(self._write_failure(None, e)) from e
+    except Exception as e:  # OSError from Python, ValueError from TensorStore, ...
+      raise CheckpointError(self._write_failure(self._saving_step, e)) from e
 
   def _write_failure(self, step: int | None, error: Exception) -> str:
     kept = self.all_steps()
-    return (f"writing checkpoint {'' if step is None else step} to {self.directory!r} failed: "
-            f"{error}. The disk may be full or read-only. Earlier checkpoints are untouched "
-            f"(steps {kept}); free space or fix permissions and rerun the same command to "
-            "resume from the latest of them.")
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if len(reason) > 400:  # TensorStore messages are long; the OS's reason comes last.
+      reason = reason[:200] + " ... " + reason[-180:]
+    return (f"writing checkpoint {'' if step is None else f'{step} '}to {self.directory!r} failed "
+            f"({type(error).__name__}: {reason}). The disk may be full or read-only. Earlier "
+            f"checkpoints are untouched (steps {kept}); free space or fix permissions and "
+            "rerun the same command to resume from the latest of them.")
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -93,8 +98,13 @@ class Checkpointer:
     return restored["state"]
 
   def close(self) -> None:
-    self.wait()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self._manager.close()
+      except Exception as e:  # A failed save is reported by wait(); keep its message.
+        logging.warning("closing the checkpoint manager: %s", e)
 
 
 def open_checkpoint(workdir: str, step: int | None, train_command: str

@@ -45,28 +45,29 @@ def define_training_flags() -> None:
 def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Callable]) -> None:
   """The body of a training `main`: checks flags, starts the multi-process runtime, then
   either `dry_run(config, workdir)` or `load_train()(config, workdir)`. Errors the user can
-  fix (checkpoint, data, NaN) end in one `error:` line and exit status 1."""
+  fix (config values, checkpoint, data, disk, divergence) end in one `error:` line and exit
+  status 1."""
   from absl import app, logging
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.config is None:
     raise app.UsageError("--config=configs/NAME.py is required")
-  from gan_core import parallel
-  parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
-  if FLAGS.dry_run:
-    dry_run(FLAGS.config, FLAGS.workdir)
-    return
-  if not FLAGS.workdir:
+  if not FLAGS.dry_run and not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required for training")
-  train_and_evaluate = load_train()
+  from gan_core import parallel
   from gan_core.checkpointing import CheckpointError
   from gan_core.data import DataError
-  logging.info("Config:\n%s", FLAGS.config)
+  from gan_core.errors import ConfigError
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (CheckpointError, DataError, FloatingPointError) as e:
+    parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                          FLAGS.process_id)
+    if FLAGS.dry_run:
+      dry_run(FLAGS.config, FLAGS.workdir)
+      return
+    logging.info("Config:\n%s", FLAGS.config)
+    load_train()(FLAGS.config, FLAGS.workdir)
+  except (CheckpointError, ConfigError, DataError, FloatingPointError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -15,6 +15,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from gan_core.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -25,7 +27,7 @@ def _env_int(name: str) -> int | None:
   try:
     return int(value)
   except ValueError as e:
-    raise ValueError(f"environment variable {name}={value!r} must be an integer") from e
+    raise ConfigError(f"environment variable {name}={value!r} must be an integer") from e
 
 
 def detect_cluster() -> str | None:
@@ -64,7 +66,7 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
       coordinator_address, num_processes = env_address, env_processes
       process_id = _env_int("JAX_PROCESS_ID")
       if process_id is None:
-        raise ValueError("JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but "
+        raise ConfigError("JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but "
                          "JAX_PROCESS_ID is not: set it to this process's index "
                          f"(0..{num_processes - 1}).")
     elif detect_cluster():
@@ -72,7 +74,7 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     else:
       return False
   if coordinator_address != "auto" and None in (coordinator_address, num_processes, process_id):
-    raise ValueError("a multi-process run needs all of --coordinator_address=HOST:PORT, "
+    raise ConfigError("a multi-process run needs all of --coordinator_address=HOST:PORT, "
                      "--num_processes=N and --process_id=I (or --coordinator_address=auto "
                      "on a TPU VM slice or in a SLURM job).")
   if coordinator_address == "auto":
@@ -110,12 +112,12 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "batch_size
   num_devices = mesh.devices.size
   num_processes = jax.process_count()
   if global_batch <= 0 or global_batch % num_devices:
-    raise ValueError(
+    raise ConfigError(
         f"{what}={global_batch} cannot be split over {num_devices} devices: the global batch must "
         f"be a positive multiple of the number of devices ({num_devices}). Choose e.g. "
         f"{what}={max(1, global_batch // num_devices + 1) * num_devices}.")
   if global_batch % num_processes:
-    raise ValueError(f"{what}={global_batch} must be a multiple of the number of processes "
+    raise ConfigError(f"{what}={global_batch} must be a multiple of the number of processes "
                      f"({num_processes}).")
 
 

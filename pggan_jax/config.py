@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from gan_core.errors import ConfigError
 from gan_core.eval.config import eval_config
 from gan_core.guard import guard_config
 
@@ -120,5 +121,5 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     c.transition_kimg = 800.0
     c.total_kimg = 19000.0
   else:
-    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
   return c

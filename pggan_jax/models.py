@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gan_core.errors import ConfigError
 from pggan_jax.layers import (SQRT2, EqualizedConv, EqualizedDense, downscale2d, leaky_relu,
                               minibatch_stddev, pixel_norm, upscale2d)
 
@@ -35,7 +36,7 @@ from pggan_jax.layers import (SQRT2, EqualizedConv, EqualizedDense, downscale2d,
 def log2_exact(value: int, what: str) -> int:
   r = int(round(math.log2(value))) if value > 0 else -1
   if r < 2 or 2 ** r != value:
-    raise ValueError(f"{what}={value} must be a power of two >= 4")
+    raise ConfigError(f"{what}={value} must be a power of two >= 4")
   return r
 
 

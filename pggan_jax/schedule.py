@@ -18,6 +18,8 @@ import math
 
 import ml_collections
 
+from gan_core.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
@@ -74,14 +76,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Clear errors for schedule settings that cannot work."""
   res = config.model.resolution
   if res < 4 or 2 ** int(round(math.log2(res))) != res:
-    raise ValueError(f"model.resolution={res} must be a power of two >= 4")
+    raise ConfigError(f"model.resolution={res} must be a power of two >= 4")
   init = config.initial_resolution
   if init < 4 or init > res or 2 ** int(round(math.log2(init))) != init:
-    raise ValueError(f"initial_resolution={init} must be a power of two in [4, {res}]")
+    raise ConfigError(f"initial_resolution={init} must be a power of two in [4, {res}]")
   if config.stable_kimg < 0 or config.transition_kimg < 0 or config.total_kimg <= 0:
-    raise ValueError("stable_kimg and transition_kimg must be >= 0 and total_kimg > 0")
+    raise ConfigError("stable_kimg and transition_kimg must be >= 0 and total_kimg > 0")
   if config.minibatch_repeats < 1:
-    raise ValueError("minibatch_repeats must be >= 1")
+    raise ConfigError("minibatch_repeats must be >= 1")
   r = init
   while r <= res:
     _per_resolution(config.batch_size, r, "batch_size")

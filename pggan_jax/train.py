@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gan_core import checkpointing, loops, monitoring, parallel
 from gan_core.data import build_pipeline
+from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
 from gan_core.eval.evaluator import Evaluator
 from gan_core.guard import Guard, rollback_key
@@ -110,7 +111,7 @@ class PGGANTrainer:
       batch = config.batch_size[f"r{res}"]
       parallel.check_batch_divisible(batch, mesh, f"batch_size.r{res}")
       if group > 1 and batch % min(group, batch):
-        raise ValueError(f"batch_size.r{res}={batch} must be a multiple of the minibatch-stddev "
+        raise ConfigError(f"batch_size.r{res}={batch} must be a multiple of the minibatch-stddev "
                          f"group size {group} (model.mbstd_group_size)")
     self.unroll = loops.should_unroll(config.scan_unroll)
     self.tx = tf_adam(config.adam_b1, config.adam_b2, config.adam_eps)
@@ -263,10 +264,10 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   """0 in the config: unconditional (the official default, even for labelled data)."""
   wanted = config.model.num_classes
   if wanted and not dataset_classes:
-    raise ValueError(f"config.model.num_classes={wanted} asks for a conditional PGGAN but "
+    raise ConfigError(f"config.model.num_classes={wanted} asks for a conditional PGGAN but "
                      f"dataset {config.dataset!r} has no labels. Set --config.model.num_classes=0.")
   if wanted and wanted != dataset_classes:
-    raise ValueError(f"config.model.num_classes={wanted} but dataset {config.dataset!r} has "
+    raise ConfigError(f"config.model.num_classes={wanted} but dataset {config.dataset!r} has "
                      f"{dataset_classes} classes. Set --config.model.num_classes={dataset_classes} "
                      "(conditional) or 0 (unconditional).")
   return wanted
