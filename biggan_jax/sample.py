@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from gan_core.cli import parse_flags
+from gan_core.cli import define_distributed_flags, initialize_distributed, parse_flags
 
 flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/ are read).")
 flags.DEFINE_string("out", None, "Output file: FILE.npz (images + labels) or FILE.png (grid).")
@@ -35,6 +35,7 @@ flags.DEFINE_integer("standing_stats", 0, "If > 0: replace BN running averages b
                      "statistics over this many batches (BigGAN's sampling recipe).")
 flags.DEFINE_integer("batch_size", 256, "Generation batch size.")
 flags.DEFINE_integer("step", None, "Checkpoint step to use (default: latest).")
+define_distributed_flags()
 FLAGS = flags.FLAGS
 
 
@@ -65,7 +66,9 @@ def load_generator(workdir: str, step: int | None = None):
   from gan_core.checkpointing import open_checkpoint
   checkpoints, step, meta = open_checkpoint(workdir, step, "python -m biggan_jax.main")
   config = ml_collections.ConfigDict(meta["config"])
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = parallel.sampling_mesh()
+  # The training batch need not split over the sampling devices; the trainer checks it.
+  config.batch_size, config.num_accumulations = mesh.devices.size, 1
   trainer = BigGANTrainer(config, meta["num_classes"], mesh)
   state = checkpoints.restore_state(step, trainer.abstract_state())
   checkpoints.close()
@@ -74,6 +77,7 @@ def load_generator(workdir: str, step: int | None = None):
 
 def generate(trainer, params, variables, z: np.ndarray, labels: np.ndarray,
              batch_size: int) -> np.ndarray:
+  from gan_core import monitoring, parallel
   out = []
   for start in range(0, len(z), batch_size):
     zb, yb = z[start:start + batch_size], labels[start:start + batch_size]
@@ -81,7 +85,9 @@ def generate(trainer, params, variables, z: np.ndarray, labels: np.ndarray,
     if pad:  # Keep one compiled shape; BN uses running statistics, so padding is inert.
       zb = np.concatenate([zb, np.zeros((pad,) + zb.shape[1:], zb.dtype)])
       yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
-    images = np.asarray(trainer.generate(params, variables, jnp.asarray(zb), jnp.asarray(yb)))
+    images = monitoring.to_host(trainer.generate(
+        params, variables, parallel.put_replicated(zb, trainer.mesh),
+        parallel.put_replicated(yb, trainer.mesh)))
     out.append(images[:len(images) - pad])
   return np.concatenate(out)
 
@@ -98,6 +104,7 @@ def main(argv):
   if FLAGS.num_samples <= 0:
     raise app.UsageError("--num_samples must be positive")
   from gan_core.checkpointing import CheckpointError
+  initialize_distributed()
   try:
     trainer, params, variables, step = load_generator(FLAGS.workdir, FLAGS.step)
   except (SampleError, CheckpointError) as e:
@@ -126,6 +133,8 @@ def main(argv):
     labels = np.repeat(labels, FLAGS.interpolate)
     columns = FLAGS.interpolate
   images = generate(trainer, params, variables, z, labels, FLAGS.batch_size)
+  if jax.process_index() > 0:
+    return  # Every process generated (collectively); process 0 writes.
   if FLAGS.out.endswith(".npz"):
     save_npz_deterministic(FLAGS.out, images=images, labels=labels.astype(np.int32))
   if FLAGS.out.endswith(".png") or FLAGS.grid:

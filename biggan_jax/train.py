@@ -296,7 +296,7 @@ class BigGANTrainer:
     g_once = self.models.generator.clone(bn_momentum=1.0)
 
     @jax.jit
-    def batch_stats_of(k):
+    def batch_stats_of(params, state, k):  # Arguments, not closures: global arrays.
       z, y = sample_latents(k, batch_size, self.models.dim_z, self.num_classes)
       _, new = g_once.apply({"params": params, **state}, z, y, train=True,
                             mutable=["batch_stats"])
@@ -304,7 +304,7 @@ class BigGANTrainer:
 
     total = None
     for k in jax.random.split(key, num_batches):
-      stats = batch_stats_of(k)
+      stats = batch_stats_of(params, state, k)
       total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     return {**state, "batch_stats": jax.tree.map(lambda s: s / num_batches, total)}
 

@@ -36,10 +36,23 @@ def define_training_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
   flags.DEFINE_bool("dry_run", False, "Print the config and parameter counts, then exit.")
+  define_distributed_flags()
+
+
+def define_distributed_flags() -> None:
+  """--coordinator_address / --num_processes / --process_id (see docs/scaling.md)."""
   flags.DEFINE_string("coordinator_address", None,
                       "Multi-process: coordinator host:port ('auto' on TPU VMs / SLURM).")
   flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+
+def initialize_distributed() -> None:
+  """Starts jax.distributed from the flags of `define_distributed_flags` or the environment."""
+  from gan_core import parallel
+  FLAGS = flags.FLAGS
+  parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                        FLAGS.process_id)
 
 
 def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Callable]) -> None:
@@ -55,13 +68,11 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
     raise app.UsageError("--config=configs/NAME.py is required")
   if not FLAGS.dry_run and not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required for training")
-  from gan_core import parallel
   from gan_core.checkpointing import CheckpointError
   from gan_core.data import DataError
   from gan_core.errors import ConfigError
   try:
-    parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                          FLAGS.process_id)
+    initialize_distributed()
     if FLAGS.dry_run:
       dry_run(FLAGS.config, FLAGS.workdir)
       return

@@ -97,6 +97,18 @@ def make_mesh(devices: list[Any] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def sampling_mesh() -> Mesh:
+  """Where sampling tools run: one device in a single process; in a multi-process run every
+  device of every process (all processes must take part in restoring and generating)."""
+  return make_mesh(jax.devices()[:1] if jax.process_count() == 1 else None)
+
+
+def put_replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """The same host array (on every process) as a global array replicated over `mesh`."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -11,6 +11,7 @@ latent to another in STEPS images. The same arguments give the same bytes.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from gan_core.cli import parse_flags
+from gan_core.cli import define_distributed_flags, initialize_distributed, parse_flags
 
 flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/ are read).")
 flags.DEFINE_string("out", None, "Output file: FILE.npz or FILE.png (grid).")
@@ -31,6 +32,7 @@ flags.DEFINE_string("labels", "random", "Conditional models: 'random' or comma-s
                     "class ids (repeated cyclically).")
 flags.DEFINE_integer("batch_size", 64, "Generation batch size.")
 flags.DEFINE_integer("step", None, "Checkpoint step to use (default: latest).")
+define_distributed_flags()
 FLAGS = flags.FLAGS
 
 
@@ -48,19 +50,21 @@ def load_generator(workdir: str, step: int | None = None):
   if meta.get("model") != "pggan":
     raise SampleError(f"{checkpoints.directory!r} holds a {meta.get('model')!r} checkpoint, not PGGAN")
   config = ml_collections.ConfigDict(meta["config"])
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  trainer = PGGANTrainer(_single_device_batches(config), meta["num_classes"], mesh)
+  mesh = parallel.sampling_mesh()
+  trainer = PGGANTrainer(_sampling_batches(config, mesh.devices.size), meta["num_classes"], mesh)
   state = checkpoints.restore_state(step, trainer.abstract_state())
   checkpoints.close()
   phase = schedule.phase_at(int(meta["schedule_images_seen"]), config)
   return trainer, state.ema_params, phase, step
 
 
-def _single_device_batches(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Sampling runs on one device; training batch sizes need not divide anything there."""
+def _sampling_batches(config: ml_collections.ConfigDict,
+                      num_devices: int) -> ml_collections.ConfigDict:
+  """The training batch sizes need not split over the sampling devices; the trainer checks
+  them, so give it the smallest batch that does (and fits the minibatch-stddev groups)."""
   config = ml_collections.ConfigDict(config.to_dict())
   for key in config.batch_size:
-    config.batch_size[key] = max(config.model.mbstd_group_size, 1)
+    config.batch_size[key] = math.lcm(max(config.model.mbstd_group_size, 1), num_devices)
   return config
 
 
@@ -81,6 +85,7 @@ def parse_labels(spec: str, count: int, num_classes: int, key: jax.Array) -> np.
 
 def generate(trainer, params, phase, z: np.ndarray, labels: np.ndarray,
              batch_size: int) -> np.ndarray:
+  from gan_core import monitoring, parallel
   out = []
   for start in range(0, len(z), batch_size):
     zb, yb = z[start:start + batch_size], labels[start:start + batch_size]
@@ -88,9 +93,11 @@ def generate(trainer, params, phase, z: np.ndarray, labels: np.ndarray,
     if pad:  # One compiled shape; G has no batch-dependent layers.
       zb = np.concatenate([zb, np.zeros((pad,) + zb.shape[1:], zb.dtype)])
       yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
-    images = trainer.generate(params, jnp.asarray(zb), jnp.asarray(yb), jnp.float32(phase.alpha),
+    images = trainer.generate(params, parallel.put_replicated(zb, trainer.mesh),
+                              parallel.put_replicated(yb, trainer.mesh),
+                              parallel.put_replicated(np.float32(phase.alpha), trainer.mesh),
                               res=phase.resolution, fading=phase.fading)
-    out.append(np.asarray(images)[:len(zb) - pad])
+    out.append(monitoring.to_host(images)[:len(zb) - pad])
   return np.concatenate(out)
 
 
@@ -105,6 +112,7 @@ def main(argv):
   if FLAGS.num_samples <= 0 or FLAGS.batch_size <= 0:
     raise app.UsageError("--num_samples and --batch_size must be positive")
   from gan_core.checkpointing import CheckpointError
+  initialize_distributed()
   try:
     trainer, params, phase, step = load_generator(FLAGS.workdir, FLAGS.step)
     k_z, k_y, k_end = jax.random.split(jax.random.PRNGKey(FLAGS.seed), 3)
@@ -121,6 +129,8 @@ def main(argv):
     labels = np.repeat(labels, FLAGS.interpolate)
     columns = FLAGS.interpolate
   images = generate(trainer, params, phase, z, labels, FLAGS.batch_size)
+  if jax.process_index() > 0:
+    return  # Every process generated (collectively); process 0 writes.
   if FLAGS.out.endswith(".npz"):
     arrays = {"images": images}
     if trainer.num_classes:

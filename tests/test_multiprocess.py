@@ -126,6 +126,31 @@ def test_checkpoint_written_by_two_processes_samples_in_one(runs):
   assert difference.max() <= 1 and difference.mean() < 0.01  # uint8 rounding only.
 
 
+def test_sampling_tool_in_two_processes_reads_a_one_process_checkpoint(runs, tmp_path):
+  """`biggan_jax.sample` under local.sh 2 2 on the 1-process run's step 2 writes (from process 0
+  only) the samples that one process writes from the 2-process run's step 2."""
+  outputs = {}
+  for name, processes in (("one", 2), ("two", 1)):
+    out = tmp_path / f"{name}.npz"
+    command = [sys.executable, "-m", "biggan_jax.sample", f"--workdir={runs['workdirs'][name]}",
+               "--step=2", f"--out={out}", "--num_samples=12", "--batch_size=8",
+               "--standing_stats=2"]
+    _, env = train_command("unused", 1, processes)
+    if processes > 1:
+      command = [LOCAL, "2", "2", *command]
+    else:
+      env["JAX_NUM_CPU_DEVICES"] = "1"
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    wrote = [l for l in result.stdout.splitlines() if "wrote 12 samples from step 2" in l]
+    assert len(wrote) == 1 and (processes == 1 or wrote[0].startswith("[0] "))
+    outputs[name] = np.load(out)
+  np.testing.assert_array_equal(outputs["one"]["labels"], outputs["two"]["labels"])
+  difference = np.abs(outputs["one"]["images"].astype(int) - outputs["two"]["images"].astype(int))
+  assert difference.max() <= 1 and difference.mean() < 0.01
+
+
 def test_sigterm_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
   command, env = train_command(str(tmp_path), 100000, 2)
   command += ["--config.checkpoint_every_steps=100000"]
