@@ -13,6 +13,11 @@
 # checkpoint and exits 0).
 set -uo pipefail
 
+if ((BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1))); then
+  echo "$0 needs bash >= 5.1 (wait -n -p); this is bash ${BASH_VERSION}" >&2
+  exit 2
+fi
+
 if [[ $# -lt 3 || ! $1 =~ ^[1-9][0-9]*$ || ! $2 =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS COMMAND..." >&2
   exit 2
