@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image
 
 
 def images_to_uint8(images):
@@ -31,10 +30,9 @@ def make_grid(images: np.ndarray, num_columns: int | None = None, padding: int =
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  image = np.asarray(image)
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  Image.fromarray(image).save(path, format="PNG")
+  """Writes a uint8 image as PNG to a local path or a URL (gs://...)."""
+  from gan_core import files
+  files.write_bytes(path, files.png_bytes(image))
 
 
 def save_npz_deterministic(path: str, **arrays: np.ndarray) -> None:

@@ -27,7 +27,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gan_core import checkpointing, loops, monitoring, parallel
+from gan_core import checkpointing, files, loops, monitoring, parallel
 from gan_core.data import build_pipeline
 from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
@@ -365,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_images(step, {f"samples_ema/{at_phase.resolution}x{at_phase.resolution}":
                                grid[None]})
     if jax.process_index() == 0:
-      os.makedirs(sample_dir, exist_ok=True)
+      files.makedirs(sample_dir)
       save_png(os.path.join(sample_dir, f"kimg{images_seen // 1000:06d}_"
                             f"{at_phase.resolution}x{at_phase.resolution}.png"), grid)
 

@@ -133,4 +133,4 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   # Rerunning the same command continues from the saved step.
   process = run_main(tmp_path, ["--config.num_train_steps=%d" % (step + 1)])
   _, err = process.communicate(timeout=600)
-  assert process.returncode == 0 and f"Resumed from" in err and f"at step {step}" in err
+  assert process.returncode == 0 and "Resumed from" in err and f"at step {step}" in err

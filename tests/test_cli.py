@@ -1,6 +1,5 @@
 """Command lines: dry run, config errors, sampling."""
 import hashlib
-import os
 import subprocess
 import sys
 

@@ -1,5 +1,4 @@
 """Architecture facts: parameter counts, conditional BN, spectral norm, attention."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from gan_core import checkpointing, parallel
+from gan_core import checkpointing, files, parallel
 from gan_core.eval import fid as fid_lib
 from gan_core.eval import inception_score, kid, weights
 from gan_core.eval.features import InceptionFeatures
@@ -96,15 +96,14 @@ class Evaluator:
     """The best FID logged by earlier runs in this workdir (a resumed run keeps it)."""
     best = float("inf")
     path = os.path.join(self.workdir, METRICS_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          try:
-            value = json.loads(line).get("fid")
-          except json.JSONDecodeError:
-            continue  # A line cut by a crash.
-          if isinstance(value, (int, float)) and np.isfinite(value):
-            best = min(best, float(value))
+    if files.exists(path):
+      for line in files.read_text(path).splitlines():
+        try:
+          value = json.loads(line).get("fid")
+        except json.JSONDecodeError:
+          continue  # A line cut by a crash.
+        if isinstance(value, (int, float)) and np.isfinite(value):
+          best = min(best, float(value))
     return best
 
   # ------------------------------------------------------------------ features
@@ -201,9 +200,8 @@ class Evaluator:
       self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
       record = {"step": step, **extra, "resolution": resolution,
                 "num_samples": self.config.num_samples, **results, "seconds": round(seconds, 1)}
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
-        f.write(json.dumps(record) + "\n")
+      files.makedirs(self.workdir)
+      files.append_text(os.path.join(self.workdir, METRICS_FILE), json.dumps(record) + "\n")
     logging.info("Evaluation at step %d (%d samples, %.0f s): %s", step,
                  self.config.num_samples, seconds,
                  ", ".join(f"{k} {v:.4g}" for k, v in results.items()))

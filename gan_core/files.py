@@ -1,0 +1,69 @@
+"""Small files in a workdir that may be local or in a bucket (`gs://...` on a TPU pod).
+
+Local paths use the standard library; URLs go through TensorFlow's gfile (a dependency
+already), which speaks GCS. Object stores cannot append, so `append_text` rewrites the
+(small) file there.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+
+def is_url(path: str) -> bool:
+  return "://" in path
+
+
+def _gfile():
+  import tensorflow as tf
+  return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+  return _gfile().exists(path) if is_url(path) else os.path.exists(path)
+
+
+def makedirs(path: str) -> None:
+  if is_url(path):
+    _gfile().makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def read_text(path: str) -> str:
+  if is_url(path):
+    with _gfile().GFile(path, "r") as f:
+      return f.read()
+  with open(path) as f:
+    return f.read()
+
+
+def append_text(path: str, text: str) -> None:
+  if not is_url(path):
+    with open(path, "a") as f:
+      f.write(text)
+    return
+  previous = read_text(path) if exists(path) else ""
+  with _gfile().GFile(path, "w") as f:
+    f.write(previous + text)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  if is_url(path):
+    with _gfile().GFile(path, "wb") as f:
+      f.write(data)
+  else:
+    with open(path, "wb") as f:
+      f.write(data)
+
+
+def png_bytes(image) -> bytes:
+  """A uint8 HW / HW1 / HW3 array encoded as PNG."""
+  import numpy as np
+  from PIL import Image
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
