@@ -1,8 +1,8 @@
 """Small files in a workdir that may be local or in a bucket (`gs://...` on a TPU pod).
 
 Local paths use the standard library; URLs go through TensorFlow's gfile (a dependency
-already), which speaks GCS. Object stores cannot append, so `append_text` rewrites the
-(small) file there.
+already), which speaks GCS. Object stores cannot append, so `append_text` writes the whole
+(small) file anew there, under a temporary name that then replaces the old one.
 """
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ def append_text(path: str, text: str) -> None:
       f.write(text)
     return
   previous = read_text(path) if exists(path) else ""
-  with _gfile().GFile(path, "w") as f:
+  temporary = path + ".partial"
+  with _gfile().GFile(temporary, "w") as f:
     f.write(previous + text)
+  _gfile().rename(temporary, path, overwrite=True)
 
 
 def write_bytes(path: str, data: bytes) -> None:
