@@ -32,8 +32,12 @@ def _env_int(name: str) -> int | None:
 
 def detect_cluster() -> str | None:
   """'slurm' or 'tpu' when this process is one of several in a SLURM job / TPU pod slice."""
-  if "SLURM_JOB_ID" in os.environ and (_env_int("SLURM_NTASKS") or 1) > 1:
-    return "slurm"
+  # SLURM_PROCID is set for processes started by srun; inside `salloc -n 8` a plain
+  # `python ...` is one process although SLURM_NTASKS says 8.
+  if "SLURM_JOB_ID" in os.environ and "SLURM_PROCID" in os.environ:
+    tasks = _env_int("SLURM_STEP_NUM_TASKS") or _env_int("SLURM_NTASKS") or 1
+    if tasks > 1:
+      return "slurm"
   if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
     return "tpu"
   return None
