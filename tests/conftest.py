@@ -11,6 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["GAN_CORE_CACHE"] = tempfile.mkdtemp(prefix="gan_core_cache_")
 atexit.register(shutil.rmtree, os.environ["GAN_CORE_CACHE"], ignore_errors=True)
 os.environ.pop("GAN_CORE_INCEPTION_WEIGHTS", None)
+# Many tests (and their subprocesses, which inherit this) compile the same tiny models; a
+# persistent compilation cache shared by the whole session compiles each program once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gan_jax_cache_"))
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402

@@ -20,7 +20,8 @@ from conftest import REPO, tiny_config
 
 TINY = ["--config=configs/digits32.py", "--config.model.ch=4", "--config.model.dim_z=16",
         "--config.model.shared_dim=8", "--config.batch_size=8", "--config.log_every_steps=2",
-        "--config.checkpoint_every_steps=2", "--config.sample_every_steps=0"]
+        "--config.checkpoint_every_steps=2", "--config.sample_every_steps=0",
+        "--config.ema_start=2"]  # As test_checkpoint's runs: one compiled program for both.
 
 
 def train(workdir, *extra, preexec_fn=None):

@@ -1,5 +1,6 @@
 """Divergence guard: what counts as a problem, rollback to the last good checkpoint,
 giving up after guard.max_rollbacks, per-layer diagnostics."""
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,7 @@ def poison_step(monkeypatch, at_step: int, every_time: bool):
 
 
 def test_non_finite_step_rolls_back_and_training_goes_on(tmp_path, monkeypatch, caplog):
+  caplog.set_level(logging.INFO)  # The console metric lines are INFO.
   poison_step(monkeypatch, at_step=3, every_time=False)
   config = tiny_config()
   config.log_every_steps = 1
@@ -66,6 +68,12 @@ def test_non_finite_step_rolls_back_and_training_goes_on(tmp_path, monkeypatch, 
   meta = checkpoints.restore_meta(4)
   assert meta["rollbacks"] == 1
   checkpoints.close()
+  # The console (like TensorBoard) gets the per-layer diagnostics at every log step.
+  logged = caplog.text
+  for name in ("layer_grad_norm/G/block0/conv1/kernel=", "layer_grad_norm/D/block0/conv1/kernel=",
+               "sigma/G/block0/conv1=", "sigma/D/block0/conv1=", "sigma_max/G=", "d_margin=",
+               "g_param_norm=", "guard/rollbacks=1"):
+    assert name in logged, name
 
 
 def test_rollbacks_are_limited_and_the_good_checkpoint_is_kept(tmp_path, monkeypatch, caplog):
@@ -82,23 +90,6 @@ def test_rollbacks_are_limited_and_the_good_checkpoint_is_kept(tmp_path, monkeyp
   checkpoints = Checkpointer(str(tmp_path / "checkpoints"))
   assert checkpoints.all_steps() == [2]
   checkpoints.close()
-
-
-def test_diagnostics_include_per_layer_singular_values_and_gradient_norms():
-  from gan_core import parallel
-  config = tiny_config()
-  trainer = biggan_train.BigGANTrainer(config, 10, parallel.make_mesh())
-  batch_shape = trainer.batch_leading_shape
-  batch = {"images": jnp.zeros(batch_shape + (32, 32, 3), jnp.uint8),
-           "labels": jnp.zeros(batch_shape, jnp.int32)}
-  state, metrics = trainer.train_iteration(trainer.init_state(0), batch)
-  scalars = biggan_train.host_scalars(metrics, state)
-  assert "layer_grad_norm/G/block0/conv1/kernel" in scalars
-  assert "layer_grad_norm/D/block0/conv1/kernel" in scalars
-  assert "sigma/G/block0/conv1" in scalars and "sigma/D/block0/conv1" in scalars
-  assert scalars["sigma_max/G"] == max(v for k, v in scalars.items() if k.startswith("sigma/G/"))
-  assert np.isclose(scalars["d_margin"], scalars["d_real"] - scalars["d_fake"])
-  assert all(np.isfinite(v) for v in scalars.values())
 
 
 def test_pggan_rolls_back_with_its_schedule_position(tmp_path, monkeypatch, caplog):

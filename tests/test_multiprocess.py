@@ -30,7 +30,8 @@ def train_command(workdir, steps, processes):
   """(argv, env) of a BigGAN digits run on 4 CPU devices in `processes` processes."""
   main = [sys.executable, "-m", "biggan_jax.main", f"--workdir={workdir}", *TINY,
           f"--config.num_train_steps={steps}"]
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("JAX_") or k == "JAX_COMPILATION_CACHE_DIR"}
   env["XLA_FLAGS"] = ""
   if processes == 1:
     return main, dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
