@@ -350,10 +350,7 @@ def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
 
 def host_scalars(metrics: dict, state: TrainState) -> dict[str, float]:
   """One iteration's metrics on the host, flat, with per-layer singular values of G and D."""
-  host = monitoring.to_host(metrics)
-  scalars = {k: float(v) for k, v in host.items() if not isinstance(v, dict)}
-  for name in ("layer_grad_norm/G", "layer_grad_norm/D"):
-    scalars.update(monitoring.flatten_scalars(host[name], name + "/"))
+  scalars = monitoring.flatten_scalars(monitoring.to_host(metrics))
   spectral = monitoring.to_host({"G": state.g_state["spectral"], "D": state.d_state["spectral"]})
   scalars.update(monitoring.singular_values(spectral["G"], "G"))
   scalars.update(monitoring.singular_values(spectral["D"], "D"))
@@ -427,9 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         scalars = host_scalars(metrics, state)
         problem = guard.check(scalars)
         if problem:  # Not kept: back to the last good checkpoint, on another random path.
-          checkpoints.wait()
-          good_step = checkpoints.latest_step()
-          guard.start_rollback(step, problem, good_step, checkpoints.directory)
+          good_step = guard.start_rollback(step, problem, checkpoints)
           state = (trainer.init_state(config.seed) if good_step is None else
                    checkpoints.restore_state(good_step, trainer.abstract_state()))
           state = state.replace(rng=reseed(state.rng, guard.rollbacks))

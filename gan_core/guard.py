@@ -70,9 +70,12 @@ class Guard:
   def check(self, scalars: Mapping[str, float]) -> str | None:
     return find_problem(scalars, self.config)
 
-  def start_rollback(self, step: int, problem: str, good_step: int | None,
-                     directory: str) -> None:
-    """Logs the rollback loudly, or raises DivergenceError when none is left."""
+  def start_rollback(self, step: int, problem: str, checkpoints) -> int | None:
+    """Logs the rollback loudly and returns the step to restore (None: the initial state),
+    or raises DivergenceError when no rollback is left. `checkpoints` is the run's
+    `gan_core.checkpointing.Checkpointer`; pending saves are waited for first."""
+    checkpoints.wait()
+    good_step, directory = checkpoints.latest_step(), checkpoints.directory
     if self.rollbacks >= self.config.max_rollbacks:
       raise DivergenceError(
           f"training diverged at step {step} ({problem}) after {self.rollbacks} rollback(s); "
@@ -85,3 +88,4 @@ class Guard:
         "\n%s\nDIVERGENCE at step %d: %s.\nNot keeping this state; rolling back to %s with a "
         "re-seeded random stream (rollback %d of at most %d).\n%s", "!" * 72, step, problem,
         target, self.rollbacks, self.config.max_rollbacks, "!" * 72)
+    return good_step

@@ -60,7 +60,8 @@ def log_parameter_overview(name: str, params: Any) -> int:
 
 
 def flatten_scalars(tree: Any, prefix: str = "") -> dict[str, float]:
-  """{'a/b/c': float} for a nested dict of scalars (e.g. per-layer norms)."""
+  """{'a/b/c': float} for a nested dict of scalars: top-level names stay as they are, nested
+  ones (per-layer norms) are joined with '/'."""
   flat = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

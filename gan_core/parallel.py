@@ -91,10 +91,6 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
   return True
 
 
-def is_multiprocess() -> bool:
-  return jax.process_count() > 1
-
-
 def make_mesh(devices: list[Any] | None = None) -> Mesh:
   """A 1-D mesh over all (global) devices with an Auto `data` axis."""
   devices = jax.devices() if devices is None else devices

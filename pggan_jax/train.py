@@ -395,10 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     officially) and are reported; a run in which every update since the last report was
     skipped is stuck, which the guard treats like non-finite parameters or a D margin
     above guard.max_d_margin."""
-    host = monitoring.to_host(metrics)
-    scalars = {k: float(v) for k, v in host.items() if not isinstance(v, dict)}
-    for name in ("layer_grad_norm/G", "layer_grad_norm/D"):
-      scalars.update(monitoring.flatten_scalars(host[name], name + "/"))
+    scalars = monitoring.flatten_scalars(monitoring.to_host(metrics))
     skipped = int(monitoring.to_host(state.skipped_updates))
     new_skips = skipped - skip_tracker["skipped"]
     possible = (step - skip_tracker["step"]) * (config.num_d_steps + 1)
@@ -458,9 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if save or _crossed(before, images_seen, config.log_every_kimg):
         scalars, problem = check_updates(metrics)
         if problem:  # Not kept: back to the last good checkpoint, on another random path.
-          checkpoints.wait()
-          good_step = checkpoints.latest_step()
-          guard.start_rollback(step, problem, good_step, checkpoints.directory)
+          good_step = guard.start_rollback(step, problem, checkpoints)
           if good_step is None:
             state, schedule_images_seen, phase = trainer.init_state(config.seed), 0, None
           else:
