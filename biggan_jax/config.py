@@ -14,11 +14,13 @@ from gan_core.guard import guard_config
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # 'digits' (embedded), a tfds name ('imagenet2012', 'cifar10', ...) or an image folder path.
+  # 'digits' (embedded), a tfds name prepared as ArrayRecord ('imagenet2012', 'cifar10', ...),
+  # a prepared dataset (python -m gan_core.data.prepare) or an image folder path.
   c.dataset = "imagenet2012"
   c.data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets).
-  c.download_dataset = False  # Allow tfds to download and prepare a missing dataset.
+  c.download_dataset = False  # Let tfds download and prepare (as ArrayRecord) a missing dataset.
   c.random_flip = True
+  c.data_workers = 0  # Decoding threads per process; 0: all cores but one.
 
   c.batch_size = 256  # Global batch per D or G update, over all devices and hosts.
   c.num_accumulations = 1  # Split each update's batch into this many micro-batches.

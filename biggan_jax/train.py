@@ -341,7 +341,7 @@ def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
     return None
   reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
                          random_flip=False, data_dir=config.data_dir or None,
-                         download=config.download_dataset)
+                         download=config.download_dataset, num_workers=config.data_workers)
   return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
                    real_batches=lambda resolution, batch: (
                        b["images"] for b in reals.iterate(0, (batch,))),
@@ -362,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = parallel.make_mesh()
   pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
                             config.random_flip, data_dir=config.data_dir or None,
-                            download=config.download_dataset)
+                            download=config.download_dataset, num_workers=config.data_workers)
   trainer = BigGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                            config.max_to_keep)
@@ -400,8 +400,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=trainer.replicated)
 
   def start_data(at_step: int):
-    return pipeline.iterate(at_step * trainer.examples_per_iteration,
-                            trainer.batch_leading_shape)
+    return parallel.prefetch_to_devices(
+        pipeline.iterate(at_step * trainer.examples_per_iteration, trainer.batch_leading_shape),
+        mesh, leading_unsharded_dims=2)
 
   def meta(at_step: int) -> dict:
     return run_meta(config, trainer, at_step, guard.rollbacks)
@@ -413,9 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step = start_step
   try:
     while step < config.num_train_steps and not preemption.requested:
-      local = next(data)
-      batch = {k: parallel.global_array_from_local(v, mesh, 2) for k, v in local.items()}
-      state, metrics = trainer.train_iteration(state, batch)
+      state, metrics = trainer.train_iteration(state, next(data))
       step += 1
       preemption.check(step)
       last = step == config.num_train_steps

@@ -7,8 +7,10 @@ global batch's statistics: cross-replica batch norm by construction).
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -149,6 +151,34 @@ def global_array_from_local(local: np.ndarray, mesh: Mesh,
   shape = list(local.shape)
   shape[leading_unsharded_dims] *= jax.process_count()
   return jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+
+
+def prefetch_to_devices(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+                        leading_unsharded_dims: int = 0, size: int = 2
+                        ) -> Iterator[dict[str, jax.Array]]:
+  """Global batch arrays of `local_batches`, `size` of them already sent to the devices.
+
+  The training step is dispatched asynchronously, so while it runs the loop asks for
+  the next batch: that is when this sends batch n+size on its way, and the batch it
+  returns was transferred during an earlier step. Closing this generator closes
+  `local_batches`.
+  """
+  queue: collections.deque = collections.deque()
+
+  def enqueue(count: int) -> None:
+    for local in itertools.islice(local_batches, count):
+      queue.append({k: global_array_from_local(v, mesh, leading_unsharded_dims)
+                    for k, v in local.items()})
+
+  try:
+    enqueue(size)
+    while queue:
+      yield queue.popleft()
+      enqueue(1)
+  finally:
+    close = getattr(local_batches, "close", None)
+    if close:
+      close()
 
 
 def fetch_to_host(tree: Any) -> Any:

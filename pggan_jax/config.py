@@ -27,10 +27,13 @@ def per_resolution(default, max_resolution: int = 1024, **overrides) -> ml_colle
 def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.dataset = "digits"  # 'digits', an image-folder path, or a tfds name.
+  # 'digits', a prepared dataset (best with --levels), an image-folder path, or a tfds name
+  # prepared as ArrayRecord.
+  c.dataset = "digits"
   c.data_dir = ""
   c.download_dataset = False
   c.mirror_augment = True
+  c.data_workers = 0  # Decoding threads per process; 0: all cores but one.
 
   # Schedule, in thousands of real images shown to D (pggan_jax/schedule.py).
   c.initial_resolution = 4

@@ -297,7 +297,7 @@ def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
     return None
   reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
                          False, data_dir=config.data_dir or None,
-                         download=config.download_dataset)
+                         download=config.download_dataset, num_workers=config.data_workers)
   return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
                    real_batches=lambda resolution, batch: (
                        b["images"] for b in reals.iterate(
@@ -316,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh()
   pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
                             config.mirror_augment, data_dir=config.data_dir or None,
-                            download=config.download_dataset)
+                            download=config.download_dataset, num_workers=config.data_workers)
   trainer = PGGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                            config.max_to_keep)
@@ -436,13 +436,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         phase, schedule_images_seen = new_phase, images_seen
       key = (phase.resolution, phase.batch_size)
       if data_key != key:
-        data = pipeline.iterate(images_seen, (config.num_d_steps, phase.batch_size),
-                                downscale=config.model.resolution // phase.resolution)
+        if data is not None:
+          data.close()
+        data = parallel.prefetch_to_devices(
+            pipeline.iterate(images_seen, (config.num_d_steps, phase.batch_size),
+                             downscale=config.model.resolution // phase.resolution),
+            mesh, leading_unsharded_dims=1)
         data_key = key
-      local = next(data)
-      batch = {k: parallel.global_array_from_local(v, mesh, 1) for k, v in local.items()}
       state, metrics = trainer.train_iteration(
-          state, batch, jnp.float32(phase.alpha), jnp.float32(phase.learning_rate),
+          state, next(data), jnp.float32(phase.alpha), jnp.float32(phase.learning_rate),
           res=phase.resolution, fading=phase.fading)
       step += 1
       before, images_seen = images_seen, images_seen + config.num_d_steps * phase.batch_size

@@ -1,8 +1,10 @@
-"""Random-access image sources: the embedded digits set and image folders.
+"""Random-access image sources: the embedded digits, image folders, prepared datasets, tfds.
 
-A source returns uint8 NHWC RGB images at the model resolution and int32 labels
-for a list of example indices. Order and augmentation are decided by the
-pipeline, so a source never holds iteration state.
+A source returns one example by index: a uint8 HWC RGB image at the model
+resolution (or box-downsampled from it by a power of two, for PGGAN's lower
+resolutions) and an int label. Order and augmentation are decided by the
+pipeline, so a source never holds iteration state, and `load` may be called
+from several threads at once.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from PIL import Image
+
+from gan_core.images import box_downsample_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -25,7 +29,17 @@ class ImageSource(Protocol):
 
   def __len__(self) -> int: ...
 
-  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+  def load(self, index: int, downscale: int = 1) -> tuple[np.ndarray, int]:
+    """Example `index`: its (image_size/downscale)^2 uint8 RGB image and its label."""
+    ...
+
+
+def get_examples(source: ImageSource, indices: Sequence[int], downscale: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Stacked images and int32 labels of several examples (one thread)."""
+  examples = [source.load(int(i), downscale) for i in indices]
+  return (np.stack([image for image, _ in examples]),
+          np.asarray([label for _, label in examples], np.int32))
 
 
 class ArraySource:
@@ -45,6 +59,9 @@ class ArraySource:
 
   def __len__(self) -> int:
     return len(self.images)
+
+  def load(self, index: int, downscale: int = 1) -> tuple[np.ndarray, int]:
+    return box_downsample_uint8(self.images[index], downscale), int(self.labels[index])
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return self.images[indices], self.labels[indices]
@@ -136,16 +153,20 @@ class ImageFolderSource:
   def __len__(self) -> int:
     return len(self.paths)
 
-  def load(self, index: int) -> np.ndarray:
-    path = self.paths[index]
-    try:
-      with Image.open(path) as image:
-        return center_crop_resize(image, self.image_size)
-    except Exception as e:  # PIL raises many types for broken files.
-      raise DataError(f"cannot decode image {path!r} ({type(e).__name__}: {e}). Delete or "
-                      "replace the file, then rerun (training resumes from the last "
-                      "checkpoint).") from e
+  def load(self, index: int, downscale: int = 1) -> tuple[np.ndarray, int]:
+    image = decode_file(self.paths[index], self.image_size)
+    return box_downsample_uint8(image, downscale), int(self.labels[index])
 
   def get(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    images = np.stack([self.load(int(i)) for i in indices])
-    return images, self.labels[np.asarray(indices)]
+    return get_examples(self, indices)
+
+
+def decode_file(path: str, image_size: int) -> np.ndarray:
+  """An image file, center-cropped and resized; a DataError naming the file if unreadable."""
+  try:
+    with Image.open(path) as image:
+      return center_crop_resize(image, image_size)
+  except Exception as e:  # PIL raises many types for broken files.
+    raise DataError(f"cannot decode image {path!r} ({type(e).__name__}: {e}). Delete or "
+                    "replace the file, then rerun (training resumes from the last "
+                    "checkpoint).") from e
