@@ -36,6 +36,7 @@ from gan_core.eval.evaluator import Evaluator
 from gan_core.guard import Guard, rollback_key
 from gan_core.images import images_to_uint8, make_grid
 from gan_core.preemption import PreemptionFlag
+from gan_core.workdir_lock import exclusive_workdir
 
 MUTABLE_G = ("batch_stats", "spectral")
 MUTABLE_D = ("spectral",)
@@ -357,6 +358,7 @@ def host_scalars(metrics: dict, state: TrainState) -> dict[str, float]:
   return scalars
 
 
+@exclusive_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
   mesh = parallel.make_mesh()
@@ -366,13 +368,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   trainer = BigGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                            config.max_to_keep)
-  latest = checkpoints.latest_step()
   guard = Guard(config.guard)
-  if latest is not None:
-    saved_meta = checkpoints.restore_meta(latest)
-    checkpointing.check_compatible(saved_meta, run_meta(config, trainer, latest),
-                                   checkpoints.directory, latest)
-    state = checkpoints.restore_state(latest, trainer.abstract_state())
+  resumed = checkpoints.restore_newest_readable(
+      trainer.abstract_state(), lambda saved, at: checkpointing.check_compatible(
+          saved, run_meta(config, trainer, at), checkpoints.directory, at))
+  if resumed is not None:
+    latest, state, saved_meta = resumed
     guard.rollbacks = int(saved_meta.get("rollbacks", 0))
     logging.info("Resumed from %s at step %d.", checkpoints.directory, latest)
   else:

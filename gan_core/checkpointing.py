@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+import sys
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from gan_core.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint cannot be written or read; the message says what to do."""
 
 
@@ -97,6 +101,63 @@ class Checkpointer:
           "version that wrote it, or use a new --workdir.") from e
     return restored["state"]
 
+  def restore_newest_readable(
+      self, abstract_state: Any,
+      check_meta: Callable[[dict[str, Any], int], None] | None = None,
+  ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, meta) of the newest checkpoint that reads completely; None if none.
+
+    A newer checkpoint that cannot be read (a truncated or missing file, as a storage
+    fault or a disk filling up during a copy leaves) is reported loudly and moved aside
+    to `<directory>_damaged/<step>-<time>` (never deleted), and the next older one is
+    tried. `check_meta(meta, step)` raises IncompatibleCheckpointError for a checkpoint
+    of another model, which ends the search with nothing moved. When no checkpoint
+    reads, a CheckpointError lists each step's reason and nothing is moved.
+    """
+    failures: list[tuple[int, str, Exception]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # JSONDecodeError, OSError, ... from a damaged meta item.
+        failures.append((step, "meta", e))
+        continue
+      if check_meta is not None:
+        check_meta(meta, step)
+      try:
+        state = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))["state"]
+      except Exception as e:  # TensorStore DATA_LOSS, JSON errors in _METADATA, ...
+        failures.append((step, "state", e))
+        continue
+      for failed_step, item, error in failures:
+        self._move_aside(failed_step, item, error)
+      return step, state, meta
+    if failures:
+      reasons = "; ".join(f"step {s} ({item}: {_one_line(e)})" for s, item, e in failures)
+      raise CheckpointError(
+          f"no checkpoint in {self.directory!r} can be read: {reasons}. Nothing was moved or "
+          "deleted. If the files were damaged, restore them from a copy (or move the step "
+          "folders away to start over); if they were written by another version of this "
+          "code, resume with that version.")
+    return None
+
+  def _move_aside(self, step: int, item: str, error: Exception) -> None:
+    """Moves the unreadable checkpoint `step` out of Orbax's sight, keeping its files."""
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory + "_damaged",
+                          f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+      message = (f"CHECKPOINT DAMAGED: step {step} in {self.directory!r} cannot be read "
+                 f"({item}: {_one_line(error)}). Moved it to {target!r} (kept, not deleted); "
+                 "resuming from the newest readable checkpoint.")
+      logging.error("%s", message)
+      print(f"warning: {message}", file=sys.stderr, flush=True)
+      _move_tree(source, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
+    self._manager.reload()
+
   def close(self) -> None:
     try:
       self.wait()
@@ -105,6 +166,28 @@ class Checkpointer:
         self._manager.close()
       except Exception as e:  # A failed save is reported by wait(); keep its message.
         logging.warning("closing the checkpoint manager: %s", e)
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+  text = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
+  text = f"{type(error).__name__}: {text}"
+  return text if len(text) <= limit else text[:limit - 60] + " ... " + text[-55:]
+
+
+def _move_tree(source: str, target: str) -> None:
+  """Renames a folder (local) or copies then removes it (object stores cannot rename)."""
+  if "://" not in source:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(source, target)
+    return
+  import tensorflow as tf
+  gfile = tf.io.gfile
+  for folder, _, names in gfile.walk(source):
+    relative = folder[len(source):].lstrip("/")
+    gfile.makedirs(os.path.join(target, relative))
+    for name in names:
+      gfile.copy(os.path.join(folder, name), os.path.join(target, relative, name))
+  gfile.rmtree(source)
 
 
 def open_checkpoint(workdir: str, step: int | None, train_command: str

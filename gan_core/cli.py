@@ -68,9 +68,7 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
     raise app.UsageError("--config=configs/NAME.py is required")
   if not FLAGS.dry_run and not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required for training")
-  from gan_core.checkpointing import CheckpointError
-  from gan_core.data import DataError
-  from gan_core.errors import ConfigError
+  from gan_core.errors import UserError
   try:
     initialize_distributed()
     if FLAGS.dry_run:
@@ -78,7 +76,7 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
       return
     logging.info("Config:\n%s", FLAGS.config)
     load_train()(FLAGS.config, FLAGS.workdir)
-  except (CheckpointError, ConfigError, DataError, FloatingPointError) as e:
+  except UserError as e:
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -1,7 +1,12 @@
-"""Errors the user can fix by changing the configuration or the command line."""
+"""Errors the user can fix: every entry point ends them in one `error:` line, exit 1, and
+no traceback."""
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+  """Something the user can fix (a config value, a path, a file, the disk); the message
+  says what happened and what to do."""
+
+
+class ConfigError(UserError, ValueError):
   """A config value that cannot work (with this model, dataset or device count); the
-  message names the field and says what to choose. Entry points print it as one
-  `error:` line."""
+  message names the field and says what to choose."""

@@ -59,6 +59,16 @@ def write_bytes(path: str, data: bytes) -> None:
       f.write(data)
 
 
+def remove(path: str) -> None:
+  """Deletes a file; FileNotFoundError if it is not there."""
+  if is_url(path):
+    if not exists(path):
+      raise FileNotFoundError(path)
+    _gfile().remove(path)
+  else:
+    os.remove(path)
+
+
 def png_bytes(image) -> bytes:
   """A uint8 HW / HW1 / HW3 array encoded as PNG."""
   import numpy as np

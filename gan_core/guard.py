@@ -23,11 +23,13 @@ import jax
 import ml_collections
 from absl import logging
 
+from gan_core.errors import UserError
+
 # config.guard field -> the scalar it bounds.
 SIGNALS = {"max_d_margin": "d_margin", "max_g_sigma": "sigma_max/G", "max_d_sigma": "sigma_max/D"}
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(UserError, FloatingPointError):
   """Training diverged more often than `guard.max_rollbacks` allows."""
 
 

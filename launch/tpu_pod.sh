@@ -133,7 +133,8 @@ cmd_run() {
     --coordinator_address=auto "$@")); extra_env=("
   for word in $EXTRA_ENV; do settings+="$(printf '%q ' "$word")"; done
   settings+=")"
-  # TensorFlow only feeds tf.data on the CPU here; TF_CPP_MIN_LOG_LEVEL=2 hides its info logs.
+  # TensorFlow is imported (tfds, TensorBoard) but computes nothing; TF_CPP_MIN_LOG_LEVEL=2 hides
+  # its info logs.
   on_workers all "$settings"'
     if alive; then
       echo "$(hostname): training already runs (pid $(cat "$pidfile")); stop it first" >&2

@@ -35,6 +35,7 @@ from gan_core.eval.evaluator import Evaluator
 from gan_core.guard import Guard, rollback_key
 from gan_core.images import images_to_uint8, make_grid, save_png
 from gan_core.preemption import PreemptionFlag
+from gan_core.workdir_lock import exclusive_workdir
 from pggan_jax import losses, schedule
 from pggan_jax.layers import downscale2d, upscale2d
 from pggan_jax.models import build_models
@@ -305,6 +306,7 @@ def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
                    writer=writer)
 
 
+@exclusive_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        max_iterations: int | None = None) -> TrainState:
   """Trains until config.total_kimg, resuming from workdir's latest checkpoint.
@@ -329,13 +331,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     at_schedule = int(meta["schedule_images_seen"])
     return restored, at_schedule, schedule.phase_at(at_schedule, config), meta
 
-  latest = checkpoints.latest_step()
   phase = None
-  if latest is not None:
-    current = run_meta(config, trainer, latest, 0, 0)
-    checkpointing.check_compatible(checkpoints.restore_meta(latest), current,
-                                   checkpoints.directory, latest)
-    state, schedule_images_seen, phase, meta = restore(latest)
+  resumed = checkpoints.restore_newest_readable(
+      trainer.abstract_state(), lambda saved, at: checkpointing.check_compatible(
+          saved, run_meta(config, trainer, at, 0, 0), checkpoints.directory, at))
+  if resumed is not None:
+    latest, state, meta = resumed
+    schedule_images_seen = int(meta["schedule_images_seen"])
+    phase = schedule.phase_at(schedule_images_seen, config)
     guard.rollbacks = int(meta.get("rollbacks", 0))
     logging.info("Resumed from %s at step %d (%.1f kimg, %dx%d, alpha %.3f).",
                  checkpoints.directory, latest, meta["images_seen"] / 1000, phase.resolution,

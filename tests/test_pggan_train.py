@@ -2,6 +2,7 @@
 resume from inside a fade-in, checkpoint refusal, the command lines."""
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -182,3 +183,23 @@ def test_cli_refuses_another_models_checkpoint_with_one_clear_message(grown):
   assert code == 1
   assert "error: the checkpoint at" in err and "model.resolution" in err
   assert "Traceback" not in err
+
+
+def test_damaged_newest_checkpoint_is_moved_aside_and_resumed_from_the_one_before(grown,
+                                                                                 tmp_path):
+  straight, state_straight, _, _ = grown
+  workdir = tmp_path / "run"
+  shutil.copytree(straight, workdir)
+  checkpoints = Checkpointer(str(workdir / "checkpoints"))
+  steps = checkpoints.all_steps()
+  checkpoints.close()
+  newest = workdir / "checkpoints" / str(max(steps))
+  metadata = newest / "meta" / "metadata"
+  with open(metadata, "r+b") as f:
+    f.truncate(metadata.stat().st_size // 2)
+  state = train_and_evaluate(tiny_pggan_config(), str(workdir))
+  # Resumed from the checkpoint before and trained the last iterations again: same result.
+  for x, y in zip(leaves(state_straight), leaves(state)):
+    np.testing.assert_array_equal(x, y)
+  aside = list((workdir / "checkpoints_damaged").iterdir())
+  assert len(aside) == 1 and aside[0].name.startswith(f"{max(steps)}-")

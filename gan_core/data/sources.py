@@ -14,12 +14,13 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from gan_core.errors import UserError
 from gan_core.images import box_downsample_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """A dataset that cannot be read as configured; the message says what to do."""
 
 
