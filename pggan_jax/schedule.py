@@ -42,7 +42,7 @@ class Phase:
 def _per_resolution(table: ml_collections.ConfigDict, resolution: int, what: str):
   key = f"r{resolution}"
   if key not in table:
-    raise KeyError(f"config.{what} has no entry {key} (resolution {resolution}); add "
+    raise ConfigError(f"config.{what} has no entry {key} (resolution {resolution}); add "
                    f"--config.{what}.{key}=VALUE")
   return table[key]
 

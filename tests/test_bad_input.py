@@ -135,3 +135,12 @@ def test_batch_that_does_not_split_over_the_devices_states_the_rule(tmp_path):
   assert "=6 cannot be split over 8 devices" in message
   assert "positive multiple of the number of devices (8)" in message and "=8" in message
   assert "Traceback" not in err
+
+
+def test_pggan_config_without_a_value_for_the_resolution_is_one_error_line():
+  result = subprocess.run(
+      [sys.executable, "-m", "pggan_jax.main", "--config=configs/pggan_cifar10.py",
+       "--config.model.resolution=64", "--dry_run"], cwd=REPO, capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "add --config.batch_size.r64=VALUE" in error_line(result.stderr)

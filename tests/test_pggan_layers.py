@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from gan_core.errors import ConfigError
 from gan_core.images import box_downsample_uint8
 from pggan_jax import losses, schedule
 from pggan_jax.config import base_config, per_resolution
@@ -180,7 +181,7 @@ def test_schedule_validation_errors():
     schedule.validate(c)
   c = base_config(32)
   c.batch_size = per_resolution(16, 16)  # No r32 entry.
-  with pytest.raises(KeyError, match="r32"):
+  with pytest.raises(ConfigError, match="r32"):
     schedule.validate(c)
   with pytest.raises(ValueError, match="unknown preset"):
     load_config("pggan_celebahq1024", "16gpu")

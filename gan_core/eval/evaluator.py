@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 from gan_core import checkpointing, files, parallel
 from gan_core.eval import fid as fid_lib
 from gan_core.eval import inception_score, kid, weights
+from gan_core.errors import ConfigError
 from gan_core.eval.features import InceptionFeatures
 
 METRICS_FILE = "metrics.jsonl"
@@ -60,7 +61,7 @@ class Evaluator:
     self.metrics = [m.strip() for m in config.metrics.split(",") if m.strip()]
     unknown = [m for m in self.metrics if m not in SUPPORTED]
     if unknown:
-      raise ValueError(f"config.eval.metrics: unknown {unknown}; choose from {SUPPORTED}.")
+      raise ConfigError(f"config.eval.metrics: unknown {unknown}; choose from {SUPPORTED}.")
     self.batch_size = -(-config.batch_size // mesh.devices.size) * mesh.devices.size
     self._extractor: InceptionFeatures | None = None
     self._disabled_reason: str | None = None
