@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
+  # Besides the newest max_to_keep, keep one checkpoint at least every this many steps for good
+  # (0: none), so a collapse noticed late can be rolled back by hand.
+  c.keep_checkpoint_every_steps = 50_000
   c.log_every_steps = 100
   c.sample_every_steps = 1000  # Sample grid (G-EMA, fixed latents) to TensorBoard.
   c.num_grid_samples = 64

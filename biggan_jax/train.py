@@ -367,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                             download=config.download_dataset, num_workers=config.data_workers)
   trainer = BigGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                           config.max_to_keep)
+                                           config.max_to_keep,
+                                           keep_every_steps=config.keep_checkpoint_every_steps)
   guard = Guard(config.guard)
   resumed = checkpoints.restore_newest_readable(
       trainer.abstract_state(), lambda saved, at: checkpointing.check_compatible(

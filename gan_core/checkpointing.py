@@ -34,13 +34,25 @@ def _as_path(directory: str) -> str:
 
 
 class Checkpointer:
-  """Orbax CheckpointManager over `directory`, keeping `max_to_keep` steps."""
+  """Orbax CheckpointManager over `directory`.
 
-  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+  Retention: the newest `max_to_keep` steps, and with `keep_every_steps` > 0 also a
+  permanent series spaced at least that many steps apart (the first checkpoint, then the
+  first one at least `keep_every_steps` after the previously kept one, ...), so that a
+  collapse noticed late still has a checkpoint from before it.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True,
+               keep_every_steps: int = 0):
+    from orbax.checkpoint import checkpoint_managers
     self.directory = _as_path(directory)
     self._saving_step: int | None = None
+    policy = checkpoint_managers.LatestN(max_to_keep)
+    if keep_every_steps > 0:
+      policy = checkpoint_managers.AnyPreservationPolicy([policy, checkpoint_managers.EveryNSteps(
+          keep_every_steps, exact_interval=False)])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        preservation_policy=policy, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options,

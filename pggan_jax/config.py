@@ -71,6 +71,9 @@ def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   # the last good checkpoint, at most max_rollbacks times.
   c.guard = guard_config(spectral_norm_signals=False)
   c.max_to_keep = 3
+  # Besides the newest max_to_keep, keep one checkpoint at least every this many iterations for
+  # good (0: none).
+  c.keep_checkpoint_every_steps = 0
   c.num_grid_samples = 64
 
   m = c.model = ml_collections.ConfigDict()

@@ -321,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             download=config.download_dataset, num_workers=config.data_workers)
   trainer = PGGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
   checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                           config.max_to_keep)
+                                           config.max_to_keep,
+                                           keep_every_steps=config.keep_checkpoint_every_steps)
   guard = Guard(config.guard)
 
   def restore(at_step: int):

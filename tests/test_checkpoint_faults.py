@@ -130,3 +130,18 @@ def test_heartbeat_refreshes_the_lock(tmp_path, monkeypatch):
   time.sleep(0.5)
   assert time.time() - os.path.getmtime(tmp_path / "run.lock") < 5
   lock.release()
+
+
+def test_retention_keeps_the_newest_and_a_permanent_series(tmp_path):
+  import jax.numpy as jnp
+  checkpoints = Checkpointer(str(tmp_path), max_to_keep=2, keep_every_steps=4)
+  for step in range(1, 11):
+    checkpoints.save(step, {"x": jnp.arange(3) + step}, {"step": step})
+    checkpoints.wait()
+  assert checkpoints.all_steps() == [1, 5, 9, 10]
+  checkpoints.close()
+  plain = Checkpointer(str(tmp_path / "plain"), max_to_keep=2)
+  for step in range(1, 6):
+    plain.save(step, {"x": jnp.arange(3)}, {"step": step})
+  plain.close()
+  assert Checkpointer(str(tmp_path / "plain")).all_steps() == [4, 5]
