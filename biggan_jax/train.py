@@ -1,4 +1,5 @@
-"""BigGAN training: the train state, the single jitted iteration, sampling helpers.
+"""BigGAN training: the train state, the single jitted iteration, sampling helpers, and
+the task that `gan_core.training` (the loop shared with PGGAN) runs.
 
 One call of `train_iteration` is one BigGAN iteration, compiled as one XLA
 program: `num_d_steps` discriminator updates (a `lax.scan` on accelerators,
@@ -13,30 +14,22 @@ batch norms use global-batch statistics.
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from biggan_jax import losses
 from biggan_jax.models import ModelPair, build_models
-from gan_core import checkpointing, loops, monitoring, parallel
-from gan_core.data import build_pipeline
+from gan_core import checkpointing, loops, monitoring, parallel, training
 from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
-from gan_core.eval.evaluator import Evaluator
-from gan_core.guard import Guard, rollback_key
-from gan_core.images import images_to_uint8, make_grid
-from gan_core.preemption import PreemptionFlag
-from gan_core.workdir_lock import exclusive_workdir
+from gan_core.images import images_to_uint8
+from gan_core.training import Plan
 
 MUTABLE_G = ("batch_stats", "spectral")
 MUTABLE_D = ("spectral",)
@@ -310,7 +303,7 @@ class BigGANTrainer:
     return {**state, "batch_stats": jax.tree.map(lambda s: s / num_batches, total)}
 
 
-# ==================================================================== the loop
+# ==================================================================== the task
 def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> int:
   """Checks config.model.num_classes against the dataset (0 in the config: take the dataset's)."""
   wanted = config.model.num_classes
@@ -324,142 +317,77 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   return wanted or dataset_classes
 
 
-def run_meta(config: ml_collections.ConfigDict, trainer: BigGANTrainer, step: int,
-             rollbacks: int = 0) -> dict:
-  """What a checkpoint records besides the state (checked when resuming)."""
-  return {"step": step, "model": "biggan",
-          "config": json.loads(config.to_json_best_effort()),
-          "num_classes": trainer.num_classes,
-          "data_position": step * trainer.examples_per_iteration,
-          "parameter_shapes": trainer.parameter_shapes,
-          "rollbacks": rollbacks}
+class BigGANTask:
+  """BigGAN for `gan_core.training`: one constant plan (num_d_steps x accumulations x
+  micro-batch real images per iteration), finished after `num_train_steps` iterations."""
+
+  kind = "biggan"
+  plan_interval = 1
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.random_flip = config.random_flip
+    self.trainer: BigGANTrainer | None = None
+
+  def build(self, dataset_classes: int, mesh) -> None:
+    self.trainer = BigGANTrainer(self.config, resolve_num_classes(self.config, dataset_classes),
+                                 mesh)
+
+  @property
+  def num_classes(self) -> int:
+    return self.trainer.num_classes
+
+  def init_state(self, seed: int) -> TrainState:
+    return self.trainer.init_state(seed)
+
+  def abstract_state(self) -> TrainState:
+    return self.trainer.abstract_state()
+
+  def fingerprint(self) -> dict:
+    return {"model": self.kind, "num_classes": self.num_classes,
+            "parameter_shapes": self.trainer.parameter_shapes}
+
+  def position(self, state: TrainState) -> tuple[int, int]:
+    step = int(monitoring.to_host(state.step))
+    return step, step * self.trainer.examples_per_iteration
+
+  def plan(self, position: int) -> Plan:
+    return Plan(leading_shape=self.trainer.batch_leading_shape,
+                resolution=self.config.model.resolution)
+
+  def on_plan_change(self, state: TrainState, old: Plan | None, new: Plan) -> TrainState:
+    return state
+
+  def iteration(self, state: TrainState, batch, plan: Plan):
+    return self.trainer.train_iteration(state, batch)
+
+  def guard_scalars(self, metrics, state: TrainState, step: int):
+    """Every scalar, with per-layer singular values of G and D; the guard watches all."""
+    scalars = monitoring.flatten_scalars(monitoring.to_host(metrics))
+    spectral = monitoring.to_host({"G": state.g_state["spectral"],
+                                   "D": state.d_state["spectral"]})
+    scalars.update(monitoring.singular_values(spectral["G"], "G"))
+    scalars.update(monitoring.singular_values(spectral["D"], "D"))
+    watched = dict(scalars)
+    scalars.update(g_lr=self.config.g_lr, d_lr=self.config.d_lr)
+    return scalars, watched
+
+  def reset_guard(self, state: TrainState, step: int) -> None:
+    pass
+
+  def latents(self, key: jax.Array, num: int):
+    return sample_latents(key, num, self.trainer.models.dim_z, self.num_classes)
+
+  def generate(self, state: TrainState, z, y, plan: Plan) -> jax.Array:
+    return self.trainer.generate(state.ema_params, state.ema_state, z, y)
+
+  def finished(self, step: int, examples: int) -> bool:
+    return step >= self.config.num_train_steps
+
+  def remaining(self, step: int, examples: int) -> tuple[float, str]:
+    return max(self.config.num_train_steps - step, 0), "steps"
 
 
-def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
-                   writer) -> Evaluator | None:
-  """FID/IS/KID of G-EMA every `config.eval_every_steps` (0: never), against unflipped reals."""
-  if not config.eval_every_steps:
-    return None
-  reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
-                         random_flip=False, data_dir=config.data_dir or None,
-                         download=config.download_dataset, num_workers=config.data_workers)
-  return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
-                   real_batches=lambda resolution, batch: (
-                       b["images"] for b in reals.iterate(0, (batch,))),
-                   writer=writer)
-
-
-def host_scalars(metrics: dict, state: TrainState) -> dict[str, float]:
-  """One iteration's metrics on the host, flat, with per-layer singular values of G and D."""
-  scalars = monitoring.flatten_scalars(monitoring.to_host(metrics))
-  spectral = monitoring.to_host({"G": state.g_state["spectral"], "D": state.d_state["spectral"]})
-  scalars.update(monitoring.singular_values(spectral["G"], "G"))
-  scalars.update(monitoring.singular_values(spectral["D"], "D"))
-  return scalars
-
-
-@exclusive_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
-  mesh = parallel.make_mesh()
-  pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
-                            config.random_flip, data_dir=config.data_dir or None,
-                            download=config.download_dataset, num_workers=config.data_workers)
-  trainer = BigGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
-  checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                           config.max_to_keep,
-                                           keep_every_steps=config.keep_checkpoint_every_steps)
-  guard = Guard(config.guard)
-  resumed = checkpoints.restore_newest_readable(
-      trainer.abstract_state(), lambda saved, at: checkpointing.check_compatible(
-          saved, run_meta(config, trainer, at), checkpoints.directory, at))
-  if resumed is not None:
-    latest, state, saved_meta = resumed
-    guard.rollbacks = int(saved_meta.get("rollbacks", 0))
-    logging.info("Resumed from %s at step %d.", checkpoints.directory, latest)
-  else:
-    state = trainer.init_state(config.seed)
-  start_step = int(monitoring.to_host(state.step))
-
-  writer = monitoring.create_writer(workdir)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, dict)
-                          and not hasattr(v, "items")})
-  g_count = monitoring.log_parameter_overview("Generator", state.g_params)
-  d_count = monitoring.log_parameter_overview("Discriminator", state.d_params)
-  logging.info("G parameters: %d, D parameters: %d, devices: %d, processes: %d", g_count,
-               d_count, mesh.devices.size, jax.process_count())
-
-  grid_z, _ = sample_latents(jax.random.PRNGKey(config.seed + 1), config.num_grid_samples,
-                             trainer.models.dim_z, trainer.num_classes)
-  grid_y = jnp.arange(config.num_grid_samples, dtype=jnp.int32) % trainer.num_classes
-
-  evaluator = make_evaluator(config, workdir, mesh, writer)
-  eval_latents = jax.jit(
-      lambda key: sample_latents(key, evaluator.batch_size, trainer.models.dim_z,
-                                 trainer.num_classes),
-      out_shardings=parallel.batch_sharding(mesh)) if evaluator else None
-  reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=trainer.replicated)
-
-  def start_data(at_step: int):
-    return parallel.prefetch_to_devices(
-        pipeline.iterate(at_step * trainer.examples_per_iteration, trainer.batch_leading_shape),
-        mesh, leading_unsharded_dims=2)
-
-  def meta(at_step: int) -> dict:
-    return run_meta(config, trainer, at_step, guard.rollbacks)
-
-  data = start_data(start_step)
-  progress = monitoring.Progress(start_step, config.num_train_steps,
-                                 trainer.examples_per_iteration)
-  preemption = PreemptionFlag()
-  step = start_step
-  try:
-    while step < config.num_train_steps and not preemption.requested:
-      state, metrics = trainer.train_iteration(state, next(data))
-      step += 1
-      preemption.check(step)
-      last = step == config.num_train_steps
-      save = last or preemption.requested or step % config.checkpoint_every_steps == 0
-      if save or step % config.log_every_steps == 0:
-        scalars = host_scalars(metrics, state)
-        problem = guard.check(scalars)
-        if problem:  # Not kept: back to the last good checkpoint, on another random path.
-          good_step = guard.start_rollback(step, problem, checkpoints)
-          state = (trainer.init_state(config.seed) if good_step is None else
-                   checkpoints.restore_state(good_step, trainer.abstract_state()))
-          state = state.replace(rng=reseed(state.rng, guard.rollbacks))
-          step = good_step or 0
-          data.close()
-          data = start_data(step)
-          progress = monitoring.Progress(step, config.num_train_steps,
-                                         trainer.examples_per_iteration)
-          writer.write_scalars(step, {"guard/rollbacks": guard.rollbacks})
-          continue
-        scalars.update(progress.report(step), g_lr=config.g_lr, d_lr=config.d_lr)
-        writer.write_scalars(step, scalars)
-      if config.sample_every_steps and (step % config.sample_every_steps == 0 or last):
-        images = trainer.generate(state.ema_params, state.ema_state, grid_z, grid_y)
-        writer.write_images(step, {"samples_ema": make_grid(
-            monitoring.to_host(images), int(np.ceil(np.sqrt(config.num_grid_samples))))[None]})
-      if evaluator and (step % config.eval_every_steps == 0 or last):
-        results = evaluator.evaluate(
-            step, lambda key: trainer.generate(state.ema_params, state.ema_state,
-                                               *eval_latents(key)),
-            resolution=config.model.resolution)
-        evaluator.maybe_keep_best(step, results, state, meta(step))
-      if save:
-        checkpoints.save(step, state, meta(step))
-    if preemption.requested and checkpoints.latest_step() != step:
-      checkpoints.save(step, state, meta(step))  # SIGTERM before the first iteration.
-    writer.flush()
-  finally:
-    data.close()
-    preemption.restore()
-    checkpoints.close()
-    if evaluator:
-      evaluator.close()
-    writer.close()
-  if step < config.num_train_steps:
-    logging.warning("Stopped at step %d on request; rerun the same command to continue.", step)
-  return state
+  return training.train(BigGANTask(config), config, workdir)

@@ -15,6 +15,6 @@ from pggan_jax.config import apply_preset, base_config
 def get_config(arg=None):
   c = base_config(1024)
   c.dataset = "celeb_a_hq/1024"
-  c.mirror_augment = True
+  c.random_flip = True
   c.total_kimg = 12000.0
   return apply_preset(c, arg)

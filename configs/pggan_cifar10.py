@@ -12,7 +12,7 @@ from pggan_jax.config import apply_preset, base_config
 def get_config(arg=None):
   c = base_config(32)
   c.dataset = "cifar10"
-  c.mirror_augment = False
+  c.random_flip = False
   c.wgan_target = 750.0
   c.total_kimg = 12000.0
   return apply_preset(c, arg)

@@ -12,7 +12,7 @@ from pggan_jax.config import base_config, per_resolution
 def get_config(arg=None):
   c = base_config(32)
   c.dataset = "digits"
-  c.mirror_augment = False  # A mirrored digit is not a digit.
+  c.random_flip = False  # A mirrored digit is not a digit.
   c.stable_kimg = 10.0
   c.transition_kimg = 10.0
   c.total_kimg = 120.0

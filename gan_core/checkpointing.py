@@ -33,6 +33,17 @@ def _as_path(directory: str) -> str:
   return directory if "://" in directory else os.path.abspath(os.path.expanduser(directory))
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """Where a training run keeps its checkpoints."""
+  return os.path.join(workdir, "checkpoints")
+
+
+def save_due(interval_reached: bool, last: bool, preempted: bool) -> bool:
+  """A training run saves at its checkpoint interval, after its last iteration and when
+  preempted (SIGTERM: the scheduler gives a grace period for exactly this)."""
+  return interval_reached or last or preempted
+
+
 class Checkpointer:
   """Orbax CheckpointManager over `directory`.
 

@@ -1,6 +1,7 @@
 """Command-line helpers shared by the training and sampling entry points."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -36,7 +37,25 @@ def define_training_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
   flags.DEFINE_bool("dry_run", False, "Print the config and parameter counts, then exit.")
+  flags.DEFINE_bool("library_logs", False, "Also show the INFO logs of libraries (Orbax, "
+                    "JAX, TensorFlow, ...); by default only their warnings and errors.")
   define_distributed_flags()
+
+
+def quiet_library_logs() -> None:
+  """INFO logs of this project only; warnings and errors of every library. (Orbax alone
+  writes a few hundred INFO lines per short run.)"""
+  import logging as std_logging
+  from absl import logging
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  roots = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name
+                + os.sep for name in ("gan_core", "biggan_jax", "pggan_jax"))
+
+  class OwnInfo(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+      return record.levelno >= std_logging.WARNING or record.pathname.startswith(roots)
+
+  logging.get_absl_handler().addFilter(OwnInfo())
 
 
 def define_distributed_flags() -> None:
@@ -69,6 +88,8 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
   if not FLAGS.dry_run and not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required for training")
   from gan_core.errors import UserError
+  if not FLAGS.library_logs:
+    quiet_library_logs()
   try:
     initialize_distributed()
     if FLAGS.dry_run:

@@ -3,7 +3,9 @@
 At every check (the training loops check at each log step and before every
 checkpoint save) the guard looks at the step's host-side scalars:
 
-- always: any non-finite loss, margin, norm or parameter flag;
+- always: any non-finite loss, margin, norm or parameter flag, and a run whose every
+  update since the last check was skipped (`skipped_fraction` 1: PGGAN skips updates
+  with non-finite gradients, as the official code does);
 - optionally, when its threshold in `config.guard` is > 0, a divergence signal:
   `max_d_margin` (mean D(real) - D(fake): D has won outright, G gets no signal),
   `max_g_sigma` / `max_d_sigma` (the largest per-layer top singular value of G's /
@@ -49,6 +51,8 @@ def find_problem(scalars: Mapping[str, float], config: ml_collections.ConfigDict
   bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
   if bad:
     return f"non-finite {', '.join(bad)}"
+  if scalars.get("skipped_fraction", 0.0) >= 1.0:  # Tasks that skip non-finite updates.
+    return "stuck: every update since the last check was skipped for non-finite gradients"
   for field, signal in SIGNALS.items():
     limit = config.get(field, 0.0)
     if limit and signal in scalars and scalars[signal] > limit:

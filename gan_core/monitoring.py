@@ -12,13 +12,14 @@ from absl import logging
 
 
 def create_writer(workdir: str):
-  """A clu writer: TensorBoard under workdir/tensorboard and the console, on process 0;
-  on the other processes of a multi-host run a writer that writes nothing."""
+  """A clu writer to TensorBoard under workdir/tensorboard on process 0 (the console gets
+  one short line per log step from the training loop instead); on the other processes of
+  a multi-host run a writer that writes nothing."""
   from clu import metric_writers
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
-  return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
-                                              asynchronous=True)
+  return metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))])
 
 
 def to_host(tree: Any) -> Any:

@@ -15,13 +15,12 @@ run, process 0 holds the lock and tells the others whether it got it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 
@@ -174,11 +173,3 @@ def hold(workdir: str):
     if lock is not None:
       lock.release()
 
-
-def exclusive_workdir(train: Callable) -> Callable:
-  """Decorates `train(config, workdir, ...)` to run under the workdir lock."""
-  @functools.wraps(train)
-  def wrapper(config, workdir, *args, **kwargs):
-    with hold(workdir):
-      return train(config, workdir, *args, **kwargs)
-  return wrapper

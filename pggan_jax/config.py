@@ -32,7 +32,7 @@ def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   c.dataset = "digits"
   c.data_dir = ""
   c.download_dataset = False
-  c.mirror_augment = True
+  c.random_flip = True  # Horizontal flips of the reals (the official mirror_augment).
   c.data_workers = 0  # Decoding threads per process; 0: all cores but one.
 
   # Schedule, in thousands of real images shown to D (pggan_jax/schedule.py).

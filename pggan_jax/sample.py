@@ -44,6 +44,7 @@ def load_generator(workdir: str, step: int | None = None):
   """Returns (trainer, ema_params, phase, step) from a workdir's checkpoint."""
   from gan_core import parallel
   from gan_core.checkpointing import open_checkpoint
+  from gan_core.training import plan_position_of
   from pggan_jax import schedule
   from pggan_jax.train import PGGANTrainer
   checkpoints, step, meta = open_checkpoint(workdir, step, "python -m pggan_jax.main")
@@ -54,7 +55,7 @@ def load_generator(workdir: str, step: int | None = None):
   trainer = PGGANTrainer(_sampling_batches(config, mesh.devices.size), meta["num_classes"], mesh)
   state = checkpoints.restore_state(step, trainer.abstract_state())
   checkpoints.close()
-  phase = schedule.phase_at(int(meta["schedule_images_seen"]), config)
+  phase = schedule.phase_at(plan_position_of(meta), config)
   return trainer, state.ema_params, phase, step
 
 

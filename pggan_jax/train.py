@@ -1,4 +1,5 @@
-"""PGGAN training: the train state, one jitted iteration per (resolution, fading), the loop.
+"""PGGAN training: the train state, one jitted iteration per (resolution, fading), and the
+task that `gan_core.training` (the loop shared with BigGAN) runs.
 
 One call of `train_iteration` is one official training round: `num_d_steps`
 D updates (each with the G-EMA update, as the official code runs them
@@ -12,10 +13,7 @@ input iterator when the resolution or batch size does.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import time
 from typing import Any, NamedTuple
 
 import flax
@@ -27,15 +25,11 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gan_core import checkpointing, files, loops, monitoring, parallel
-from gan_core.data import build_pipeline
+from gan_core import checkpointing, loops, monitoring, parallel, training
 from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
-from gan_core.eval.evaluator import Evaluator
-from gan_core.guard import Guard, rollback_key
-from gan_core.images import images_to_uint8, make_grid, save_png
-from gan_core.preemption import PreemptionFlag
-from gan_core.workdir_lock import exclusive_workdir
+from gan_core.images import images_to_uint8
+from gan_core.training import Plan
 from pggan_jax import losses, schedule
 from pggan_jax.layers import downscale2d, upscale2d
 from pggan_jax.models import build_models
@@ -260,7 +254,7 @@ class PGGANTrainer:
     return images_to_uint8(self._g_apply(params, z, labels, res, alpha, fading))
 
 
-# ==================================================================== the loop
+# ==================================================================== the task
 def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> int:
   """0 in the config: unconditional (the official default, even for labelled data)."""
   wanted = config.model.num_classes
@@ -274,39 +268,105 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   return wanted
 
 
-def run_meta(config: ml_collections.ConfigDict, trainer: PGGANTrainer, step: int,
-             images_seen: int, schedule_images_seen: int, rollbacks: int = 0) -> dict:
-  """What a checkpoint records besides the state (checked when resuming)."""
-  phase = schedule.phase_at(schedule_images_seen, config)
-  return {"step": step, "model": "pggan", "config": json.loads(config.to_json_best_effort()),
-          "num_classes": trainer.num_classes, "images_seen": images_seen,
-          "schedule_images_seen": schedule_images_seen, "resolution": phase.resolution,
-          "alpha": phase.alpha, "lod": phase.lod, "parameter_shapes": trainer.parameter_shapes,
-          "rollbacks": rollbacks}
+class PGGANTask:
+  """PGGAN for `gan_core.training`. The plan is the schedule's phase at the images shown
+  so far, re-evaluated every `minibatch_repeats` iterations: resolution, fade-in, batch
+  size and learning rate; Adam is reset when the level of detail changes. Finished after
+  `total_kimg` thousand real images (at a group boundary)."""
+
+  kind = "pggan"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    schedule.validate(config)
+    self.config = config
+    self.plan_interval = config.minibatch_repeats
+    self.random_flip = config.random_flip
+    self.total_images = int(round(config.total_kimg * 1000))
+    self.trainer: PGGANTrainer | None = None
+    self._skips_seen = (0, 0)  # (step, skipped updates) at the last guard check.
+
+  def build(self, dataset_classes: int, mesh) -> None:
+    self.trainer = PGGANTrainer(self.config, resolve_num_classes(self.config, dataset_classes),
+                                mesh)
+
+  @property
+  def num_classes(self) -> int:
+    return self.trainer.num_classes
+
+  def init_state(self, seed: int) -> TrainState:
+    return self.trainer.init_state(seed)
+
+  def abstract_state(self) -> TrainState:
+    return self.trainer.abstract_state()
+
+  def fingerprint(self) -> dict:
+    return {"model": self.kind, "num_classes": self.num_classes,
+            "parameter_shapes": self.trainer.parameter_shapes}
+
+  def position(self, state: TrainState) -> tuple[int, int]:
+    return (int(monitoring.to_host(state.step)), int(monitoring.to_host(state.images_seen)))
+
+  def plan(self, position: int) -> Plan:
+    phase = schedule.phase_at(position, self.config)
+    return Plan(leading_shape=(self.config.num_d_steps, phase.batch_size),
+                resolution=phase.resolution,
+                downscale=self.config.model.resolution // phase.resolution,
+                static=(("res", phase.resolution), ("fading", phase.fading)),
+                scalars=(phase.alpha, phase.learning_rate),
+                info=(("alpha", phase.alpha), ("lod", phase.lod),
+                      ("batch_size", phase.batch_size), ("learning_rate", phase.learning_rate)),
+                phase=phase)
+
+  def on_plan_change(self, state: TrainState, old: Plan | None, new: Plan) -> TrainState:
+    if self.config.reset_optimizer_on_lod_change and schedule.needs_optimizer_reset(
+        old.phase if old else None, new.phase):
+      return self.trainer.reset_optimizers(state)
+    return state
+
+  def iteration(self, state: TrainState, batch, plan: Plan):
+    alpha, learning_rate = plan.scalars
+    return self.trainer.train_iteration(state, batch, jnp.float32(alpha),
+                                        jnp.float32(learning_rate), **dict(plan.static))
+
+  def guard_scalars(self, metrics, state: TrainState, step: int):
+    """Non-finite gradients skip an update (as officially) and are reported; the guard
+    watches the parameter norms, the D margin and `skipped_fraction`, the share of updates
+    skipped since the last check (1: the run is stuck)."""
+    scalars = monitoring.flatten_scalars(monitoring.to_host(metrics))
+    skipped = int(monitoring.to_host(state.skipped_updates))
+    last_step, last_skipped = self._skips_seen
+    new_skips, possible = skipped - last_skipped, (step - last_step) * (self.config.num_d_steps + 1)
+    self._skips_seen = (step, skipped)
+    scalars["skipped_updates"] = float(skipped)
+    if new_skips:
+      bad = [k for k, v in scalars.items() if not np.isfinite(v)]
+      logging.warning("%d of the last %d updates were skipped for non-finite gradients "
+                      "(non-finite: %s).", new_skips, possible, ", ".join(bad) or "none now")
+    watched = {k: scalars[k] for k in ("g_param_norm", "d_param_norm")}
+    watched["skipped_fraction"] = new_skips / possible if possible else 0.0
+    if np.isfinite(scalars["d_margin"]):  # A skipped update may leave non-finite scores.
+      watched["d_margin"] = scalars["d_margin"]
+    return scalars, watched
+
+  def reset_guard(self, state: TrainState, step: int) -> None:
+    self._skips_seen = (step, int(monitoring.to_host(state.skipped_updates)))
+
+  def latents(self, key: jax.Array, num: int):
+    z = jax.random.normal(key, (num, self.trainer.latent_size), jnp.float32)
+    y = jax.random.randint(jax.random.fold_in(key, 1), (num,), 0, max(self.num_classes, 1))
+    return z, y
+
+  def generate(self, state: TrainState, z, y, plan: Plan) -> jax.Array:
+    return self.trainer.generate(state.ema_params, z, y, jnp.float32(plan.phase.alpha),
+                                 **dict(plan.static))
+
+  def finished(self, step: int, examples: int) -> bool:
+    return examples >= self.total_images
+
+  def remaining(self, step: int, examples: int) -> tuple[float, str]:
+    return max(self.total_images - examples, 0), "examples"
 
 
-def _crossed(before: int, after: int, every_kimg: float) -> bool:
-  interval = int(round(every_kimg * 1000))
-  return interval > 0 and before // interval != after // interval
-
-
-def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
-                   writer) -> Evaluator | None:
-  """FID/IS/KID of G-EMA every `config.eval_every_kimg` (0: never) and at the end, at the
-  current resolution against reals box-downsampled to it (as D sees them, unmirrored)."""
-  if not config.eval_every_kimg:
-    return None
-  reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
-                         False, data_dir=config.data_dir or None,
-                         download=config.download_dataset, num_workers=config.data_workers)
-  return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
-                   real_batches=lambda resolution, batch: (
-                       b["images"] for b in reals.iterate(
-                           0, (batch,), downscale=config.model.resolution // resolution)),
-                   writer=writer)
-
-
-@exclusive_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        max_iterations: int | None = None) -> TrainState:
   """Trains until config.total_kimg, resuming from workdir's latest checkpoint.
@@ -314,196 +374,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `max_iterations` stops this call early (with a checkpoint, exactly as a
   preemption would) after that many iterations; rerunning continues.
   """
-  schedule.validate(config)
-  mesh = parallel.make_mesh()
-  pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
-                            config.mirror_augment, data_dir=config.data_dir or None,
-                            download=config.download_dataset, num_workers=config.data_workers)
-  trainer = PGGANTrainer(config, resolve_num_classes(config, pipeline.num_classes), mesh)
-  checkpoints = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                           config.max_to_keep,
-                                           keep_every_steps=config.keep_checkpoint_every_steps)
-  guard = Guard(config.guard)
-
-  def restore(at_step: int):
-    """(state, schedule_images_seen, phase, meta) of checkpoint `at_step`."""
-    meta = checkpoints.restore_meta(at_step)
-    restored = checkpoints.restore_state(at_step, trainer.abstract_state())
-    at_schedule = int(meta["schedule_images_seen"])
-    return restored, at_schedule, schedule.phase_at(at_schedule, config), meta
-
-  phase = None
-  resumed = checkpoints.restore_newest_readable(
-      trainer.abstract_state(), lambda saved, at: checkpointing.check_compatible(
-          saved, run_meta(config, trainer, at, 0, 0), checkpoints.directory, at))
-  if resumed is not None:
-    latest, state, meta = resumed
-    schedule_images_seen = int(meta["schedule_images_seen"])
-    phase = schedule.phase_at(schedule_images_seen, config)
-    guard.rollbacks = int(meta.get("rollbacks", 0))
-    logging.info("Resumed from %s at step %d (%.1f kimg, %dx%d, alpha %.3f).",
-                 checkpoints.directory, latest, meta["images_seen"] / 1000, phase.resolution,
-                 phase.resolution, phase.alpha)
-  else:
-    state = trainer.init_state(config.seed)
-    schedule_images_seen = 0
-  step = int(monitoring.to_host(state.step))
-  images_seen = int(monitoring.to_host(state.images_seen))
-  total_images = int(round(config.total_kimg * 1000))
-
-  writer = monitoring.create_writer(workdir)
-  g_count = monitoring.log_parameter_overview("Generator", state.g_params)
-  d_count = monitoring.log_parameter_overview("Discriminator", state.d_params)
-  logging.info("G parameters: %d, D parameters: %d, devices: %d, processes: %d", g_count,
-               d_count, mesh.devices.size, jax.process_count())
-  grid_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
-                             (config.num_grid_samples, trainer.latent_size), jnp.float32)
-  grid_y = jnp.arange(config.num_grid_samples, dtype=jnp.int32) % max(trainer.num_classes, 1)
-  sample_dir = os.path.join(workdir, "samples")
-
-  def write_samples(at_phase: schedule.Phase) -> None:
-    images = monitoring.to_host(trainer.generate(
-        state.ema_params, grid_z, grid_y, jnp.float32(at_phase.alpha),
-        res=at_phase.resolution, fading=at_phase.fading))
-    grid = make_grid(images, int(np.ceil(np.sqrt(len(images)))))
-    writer.write_images(step, {f"samples_ema/{at_phase.resolution}x{at_phase.resolution}":
-                               grid[None]})
-    if jax.process_index() == 0:
-      files.makedirs(sample_dir)
-      save_png(os.path.join(sample_dir, f"kimg{images_seen // 1000:06d}_"
-                            f"{at_phase.resolution}x{at_phase.resolution}.png"), grid)
-
-  evaluator = make_evaluator(config, workdir, mesh, writer)
-  if evaluator:
-    eval_latents = jax.jit(
-        lambda key: (jax.random.normal(key, (evaluator.batch_size, trainer.latent_size)),
-                     jax.random.randint(jax.random.fold_in(key, 1), (evaluator.batch_size,), 0,
-                                        max(trainer.num_classes, 1))),
-        out_shardings=parallel.batch_sharding(mesh))
-
-  def evaluate(at_phase: schedule.Phase) -> None:
-    results = evaluator.evaluate(
-        step, lambda key: trainer.generate(state.ema_params, *eval_latents(key),
-                                           jnp.float32(at_phase.alpha),
-                                           res=at_phase.resolution, fading=at_phase.fading),
-        resolution=at_phase.resolution,
-        extra={"kimg": images_seen / 1000, "alpha": at_phase.alpha})
-    if at_phase.resolution == config.model.resolution:  # FIDs at lower resolutions don't rank.
-      evaluator.maybe_keep_best(step, results, state, run_meta(
-          config, trainer, step, images_seen, schedule_images_seen, guard.rollbacks))
-
-  skip_tracker = {"step": step, "skipped": int(monitoring.to_host(state.skipped_updates))}
-
-  def check_updates(metrics) -> tuple[dict, str | None]:
-    """Host scalars and the guard's verdict. Non-finite gradients skip an update (as
-    officially) and are reported; a run in which every update since the last report was
-    skipped is stuck, which the guard treats like non-finite parameters or a D margin
-    above guard.max_d_margin."""
-    scalars = monitoring.flatten_scalars(monitoring.to_host(metrics))
-    skipped = int(monitoring.to_host(state.skipped_updates))
-    new_skips = skipped - skip_tracker["skipped"]
-    possible = (step - skip_tracker["step"]) * (config.num_d_steps + 1)
-    skip_tracker.update(step=step, skipped=skipped)
-    scalars["skipped_updates"] = float(skipped)
-    if new_skips:
-      bad = [k for k, v in scalars.items() if not np.isfinite(v)]
-      logging.warning("%d of the last %d updates were skipped for non-finite gradients "
-                      "(non-finite: %s).", new_skips, possible, ", ".join(bad) or "none now")
-    if possible and new_skips >= possible:
-      return scalars, (f"stuck: every update in the last {possible} was skipped for "
-                       "non-finite gradients")
-    checked = {k: scalars[k] for k in ("g_param_norm", "d_param_norm")}
-    if np.isfinite(scalars["d_margin"]):  # A skipped update may leave non-finite scores.
-      checked["d_margin"] = scalars["d_margin"]
-    return scalars, guard.check(checked)
-
-  data = None
-  data_key = None
-  reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=trainer.replicated)
-  preemption = PreemptionFlag()
-  last_time, last_images = time.perf_counter(), images_seen
-  repeats = config.minibatch_repeats
-  stop_at = None if max_iterations is None else step + max_iterations
-  try:
-    while not preemption.requested:
-      if step % repeats == 0:
-        if images_seen >= total_images:
-          break
-        new_phase = schedule.phase_at(images_seen, config)
-        if config.reset_optimizer_on_lod_change and schedule.needs_optimizer_reset(phase,
-                                                                                   new_phase):
-          state = trainer.reset_optimizers(state)
-        if phase is not None and new_phase.resolution != phase.resolution:
-          write_samples(phase)  # The last samples of the finished resolution.
-          logging.info("Growing to %dx%d at %.1f kimg.", new_phase.resolution,
-                       new_phase.resolution, images_seen / 1000)
-        phase, schedule_images_seen = new_phase, images_seen
-      key = (phase.resolution, phase.batch_size)
-      if data_key != key:
-        if data is not None:
-          data.close()
-        data = parallel.prefetch_to_devices(
-            pipeline.iterate(images_seen, (config.num_d_steps, phase.batch_size),
-                             downscale=config.model.resolution // phase.resolution),
-            mesh, leading_unsharded_dims=1)
-        data_key = key
-      state, metrics = trainer.train_iteration(
-          state, next(data), jnp.float32(phase.alpha), jnp.float32(phase.learning_rate),
-          res=phase.resolution, fading=phase.fading)
-      step += 1
-      before, images_seen = images_seen, images_seen + config.num_d_steps * phase.batch_size
-      done = step % repeats == 0 and images_seen >= total_images
-      preemption.check(step)
-      if step == stop_at:
-        preemption.requested = True
-      save = done or preemption.requested or _crossed(before, images_seen,
-                                                      config.checkpoint_every_kimg)
-      if save or _crossed(before, images_seen, config.log_every_kimg):
-        scalars, problem = check_updates(metrics)
-        if problem:  # Not kept: back to the last good checkpoint, on another random path.
-          good_step = guard.start_rollback(step, problem, checkpoints)
-          if good_step is None:
-            state, schedule_images_seen, phase = trainer.init_state(config.seed), 0, None
-          else:
-            state, schedule_images_seen, phase, _ = restore(good_step)
-          state = state.replace(rng=reseed(state.rng, guard.rollbacks))
-          step = int(monitoring.to_host(state.step))
-          images_seen = int(monitoring.to_host(state.images_seen))
-          skip_tracker.update(step=step, skipped=int(monitoring.to_host(state.skipped_updates)))
-          data.close()
-          data, data_key = None, None
-          last_time, last_images = time.perf_counter(), images_seen
-          writer.write_scalars(step, {"guard/rollbacks": guard.rollbacks})
-          continue
-        now = time.perf_counter()
-        sec_per_kimg = (now - last_time) / max(images_seen - last_images, 1) * 1000
-        last_time, last_images = now, images_seen
-        scalars.update(
-            kimg=images_seen / 1000, resolution=phase.resolution, alpha=phase.alpha,
-            lod=phase.lod, batch_size=phase.batch_size, learning_rate=phase.learning_rate,
-            sec_per_kimg=sec_per_kimg, images_per_sec=1000 / max(sec_per_kimg, 1e-9),
-            eta_hours=max(total_images - images_seen, 0) / 1000 * sec_per_kimg / 3600)
-        writer.write_scalars(step, scalars)
-      if done or _crossed(before, images_seen, config.sample_every_kimg):
-        write_samples(phase)
-      if evaluator and (done or _crossed(before, images_seen, config.eval_every_kimg)):
-        evaluate(phase)
-      if save:
-        checkpoints.save(step, state, run_meta(config, trainer, step, images_seen,
-                                               schedule_images_seen, guard.rollbacks))
-    if preemption.requested and checkpoints.latest_step() != step:
-      checkpoints.save(step, state, run_meta(config, trainer, step, images_seen,
-                                             schedule_images_seen, guard.rollbacks))
-    writer.flush()
-  finally:
-    if data is not None:
-      data.close()
-    preemption.restore()
-    checkpoints.close()
-    if evaluator:
-      evaluator.close()
-    writer.close()
-  if images_seen < total_images:
-    logging.warning("Stopped at %.1f kimg on request; rerun the same command to continue.",
-                    images_seen / 1000)
-  return state
+  return training.train(PGGANTask(config), config, workdir, max_iterations)

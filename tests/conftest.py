@@ -71,3 +71,59 @@ def fid_weights_path(tmp_path_factory):
   save_state_dict(path, random_state_dict())
   return str(path)
 
+
+
+# --- the training command line of either model, tiny (for process-level tests) ---------------
+CLI_MODELS = {
+    "biggan": ("biggan_jax.main", [
+        "--config=configs/digits32.py", "--config.model.ch=4", "--config.model.dim_z=16",
+        "--config.model.shared_dim=8", "--config.batch_size=8", "--config.sample_every_steps=0",
+        "--config.ema_start=2"]),
+    # One 4x4 phase of 8 images per iteration: compiles in seconds; the state is still a few
+    # hundred KB (the digits widths), which the full-disk test needs.
+    "pggan": ("pggan_jax.main", [
+        "--config=configs/pggan_digits32.py", "--config.model.resolution=4",
+        "--config.initial_resolution=4", "--config.batch_size.r4=8",
+        "--config.minibatch_repeats=1", "--config.sample_every_kimg=0"]),
+}
+
+
+def cli_command(model: str, workdir, iterations: int, every: int = 1, extra=()) -> list[str]:
+  """`python -m <model>.main` training `iterations` iterations, logging and saving every
+  `every` iterations."""
+  import sys
+  module, args = CLI_MODELS[model]
+  if model == "biggan":
+    length = [f"--config.num_train_steps={iterations}",
+              f"--config.checkpoint_every_steps={every}", f"--config.log_every_steps={every}"]
+  else:  # 8 real images per iteration.
+    length = [f"--config.total_kimg={iterations * 0.008:g}",
+              f"--config.checkpoint_every_kimg={every * 0.008:g}",
+              f"--config.log_every_kimg={every * 0.008:g}"]
+  return [sys.executable, "-m", module, f"--workdir={workdir}", *args, *length, *extra]
+
+
+def restore_latest(workdir):
+  """(step, state as numpy arrays, meta) of a training workdir's newest checkpoint, for
+  either model (the task is rebuilt from the checkpoint's own config)."""
+  import os
+
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from gan_core import parallel
+  from gan_core.checkpointing import Checkpointer
+  checkpoints = Checkpointer(os.path.join(str(workdir), "checkpoints"))
+  step = checkpoints.latest_step()
+  meta = checkpoints.restore_meta(step)
+  config = ml_collections.ConfigDict(meta["config"])
+  if meta["model"] == "biggan":
+    from biggan_jax.train import BigGANTask as Task
+  else:
+    from pggan_jax.train import PGGANTask as Task
+  task = Task(config)
+  task.build(meta["num_classes"], parallel.make_mesh())
+  state = checkpoints.restore_state(step, task.abstract_state())
+  checkpoints.close()
+  return step, jax.tree.map(np.asarray, state), meta

@@ -16,7 +16,7 @@ from PIL import Image
 from biggan_jax.train import train_and_evaluate
 from gan_core.checkpointing import CheckpointError, Checkpointer
 from gan_core.data import DataError
-from conftest import REPO, tiny_config
+from conftest import CLI_MODELS, REPO, cli_command, tiny_config
 
 TINY = ["--config=configs/digits32.py", "--config.model.ch=4", "--config.model.dim_z=16",
         "--config.model.shared_dim=8", "--config.batch_size=8", "--config.log_every_steps=2",
@@ -29,12 +29,6 @@ def train(workdir, *extra, preexec_fn=None):
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
                           preexec_fn=preexec_fn)
   return result.returncode, result.stderr
-
-
-def dry_run(workdir):
-  command = [sys.executable, "-m", "biggan_jax.main", f"--workdir={workdir}", *TINY, "--dry_run"]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-  return result.returncode, result.stdout
 
 
 def error_line(stderr):
@@ -56,13 +50,19 @@ def file_size_limit(limit_bytes):
   return apply
 
 
-def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path):
-  code, err = train(tmp_path, "--config.num_train_steps=2")
+@pytest.mark.parametrize("model", ["biggan", "pggan"])
+def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, model):
+  def run(iterations, **kwargs):
+    result = subprocess.run(cli_command(model, tmp_path, iterations, every=2), cwd=REPO,
+                            capture_output=True, text=True, timeout=900, **kwargs)
+    return result.returncode, result.stderr
+
+  code, err = run(2)
   assert code == 0, err[-3000:]
   step_dir = tmp_path / "checkpoints" / "2"
   before = snapshot(step_dir)
-  # The state of the tiny model is written in files of ~100 KB; TensorBoard's are smaller.
-  code, err = train(tmp_path, "--config.num_train_steps=4", preexec_fn=file_size_limit(60_000))
+  # The states of the tiny models are written in files of ~100 KB; TensorBoard's are smaller.
+  code, err = run(4, preexec_fn=file_size_limit(60_000))
   assert code == 1
   message = error_line(err)
   assert "writing checkpoint 4 to" in message and "File too large" in message
@@ -70,8 +70,10 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path):
   assert "Earlier checkpoints are untouched (steps [2])" in message
   assert snapshot(step_dir) == before
   # The partial step-4 directory does not count: a rerun resumes from step 2.
-  code, out = dry_run(tmp_path)
-  assert code == 0 and "checkpoint step: 2" in out
+  module, args = CLI_MODELS[model]
+  result = subprocess.run([sys.executable, "-m", module, f"--workdir={tmp_path}", *args,
+                           "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0 and "checkpoint step: 2" in result.stdout, result.stderr[-2000:]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")

@@ -2,7 +2,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -12,7 +11,7 @@ import pytest
 from biggan_jax.train import BigGANTrainer, train_and_evaluate
 from gan_core import parallel
 from gan_core.checkpointing import Checkpointer, IncompatibleCheckpointError
-from conftest import REPO, tiny_config
+from conftest import REPO, cli_command, restore_latest, tiny_config
 
 
 def restore_final(workdir, config):
@@ -66,22 +65,15 @@ def test_incompatible_checkpoint_is_refused_and_left_untouched(tmp_path):
   assert {p: p.stat().st_mtime_ns for p in ckpt_dir.rglob("*")} == before
 
 
-CLI_TINY = ["--config.model.ch=4", "--config.model.dim_z=16", "--config.model.shared_dim=8",
-            "--config.batch_size=8", "--config.num_train_steps=12",
-            "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
-            "--config.sample_every_steps=0", "--config.ema_start=2"]
+def run_main(model, workdir, iterations, every=1, extra=(), stdout=subprocess.DEVNULL):
+  return subprocess.Popen(cli_command(model, workdir, iterations, every, extra), cwd=REPO,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
-def run_main(workdir, extra=(), **kwargs):
-  command = [sys.executable, "-m", "biggan_jax.main", "--config=configs/digits32.py",
-             f"--workdir={workdir}", *CLI_TINY, *extra]
-  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
-  reference = run_main(tmp_path / "reference")
-  victim = run_main(tmp_path / "victim")
+@pytest.mark.parametrize("model", ["biggan", "pggan"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, model):
+  reference = run_main(model, tmp_path / "reference", 12)
+  victim = run_main(model, tmp_path / "victim", 12)
   ckpt_dir = tmp_path / "victim" / "checkpoints"
   deadline = time.time() + 600
   while time.time() < deadline and victim.poll() is None:
@@ -93,44 +85,47 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   victim.wait()
   killed_at = Checkpointer(str(ckpt_dir)).latest_step()
   assert killed_at is not None and killed_at < 12
-  resumed = run_main(tmp_path / "victim")
+  assert (tmp_path / "victim" / "run.lock").exists()  # Left behind by the killed run ...
+  resumed = run_main(model, tmp_path / "victim", 12)  # ... and taken over: its pid is gone.
   _, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err[-3000:]
   assert "Resumed from" in err
   _, err = reference.communicate(timeout=600)
   assert reference.returncode == 0, err[-3000:]
-  config = tiny_config()
-  config.model.ch, config.batch_size = 4, 8
-  ref_step, ref_state, _ = restore_final(str(tmp_path / "reference"), config)
-  step, state, _ = restore_final(str(tmp_path / "victim"), config)
+  ref_step, ref_state, _ = restore_latest(tmp_path / "reference")
+  step, state, _ = restore_latest(tmp_path / "victim")
   assert ref_step == step == 12
   assert_states_identical(ref_state, state)
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("model", ["biggan", "pggan"])
+def test_sigterm_saves_and_exits_cleanly(tmp_path, model):
   import threading
-  process = run_main(tmp_path, ["--config.num_train_steps=100000",
-                                "--config.checkpoint_every_steps=100000"])
+  process = run_main(model, tmp_path, 100000, every=100000, extra=[
+      "--config.log_every_steps=1" if model == "biggan" else "--config.log_every_kimg=0.008"],
+      stdout=subprocess.PIPE)
   lines, training = [], threading.Event()
 
-  def read_stderr():
-    for line in process.stderr:
+  def read_stdout():
+    for line in process.stdout:
       lines.append(line)
-      if "] d_fake=" in line:  # a console metrics line: iterations are running
+      if line.startswith("step ") and " img/s " in line:  # iterations are running
         training.set()
-  reader = threading.Thread(target=read_stderr, daemon=True)
+  reader = threading.Thread(target=read_stdout, daemon=True)
   reader.start()
   assert training.wait(600), "".join(lines[-50:])
   started = time.time()
   process.send_signal(signal.SIGTERM)
   process.wait(timeout=120)
   reader.join(timeout=10)
-  assert process.returncode == 0, "".join(lines[-50:])
+  err = process.stderr.read()
+  assert process.returncode == 0, err[-3000:]
   assert time.time() - started < 60
-  assert any("SIGTERM received" in line for line in lines)
+  assert "SIGTERM received" in err
   step = Checkpointer(str(tmp_path / "checkpoints")).latest_step()
   assert step is not None and 0 < step < 100000
+  assert not (tmp_path / "run.lock").exists()  # Released on a clean exit.
   # Rerunning the same command continues from the saved step.
-  process = run_main(tmp_path, ["--config.num_train_steps=%d" % (step + 1)])
+  process = run_main(model, tmp_path, step + 1)
   _, err = process.communicate(timeout=600)
   assert process.returncode == 0 and "Resumed from" in err and f"at step {step}" in err

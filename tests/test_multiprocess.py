@@ -102,7 +102,7 @@ def test_two_processes_train_the_same_model_as_one(runs):
   assert "[0] " in two and "[1] " in two  # local.sh prefixes each process's lines.
   # Only process 0 writes TensorBoard and console metrics.
   assert len(runs["events_after_two"]) == 1
-  metric_lines = [l for l in two.splitlines() if "] d_fake=" in l]
+  metric_lines = [l for l in two.splitlines() if "] step 2 | kimg" in l]
   assert metric_lines and all(l.startswith("[0] ") for l in metric_lines)
 
 

@@ -22,7 +22,7 @@ def tiny_pggan_config() -> ml_collections.ConfigDict:
   4x4 for 32 images, fade to 8x8 (alpha 1/3, 2/3), 8x8 stable, fade to 16x16, 16x16."""
   c = base_config(16)
   c.dataset = "digits"
-  c.mirror_augment = False
+  c.random_flip = False
   c.model.fmap_base = 64
   c.model.fmap_max = 16
   c.model.latent_size = 16

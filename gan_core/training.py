@@ -1,0 +1,416 @@
+"""The one training loop of both GANs: `train(task, config, workdir)`.
+
+A model package supplies a `Task` (its paper's method: state, losses, the jitted
+iteration, its schedule as a `Plan`); everything else about a run lives here.
+
+The life of a run:
+
+ 1. **Lock** `WORKDIR/run.lock` (`gan_core.workdir_lock`): a second run on the same
+    workdir stops before writing anything.
+ 2. **Data**: the input pipeline of `config.dataset` (`gan_core.data`); the task sees
+    the dataset's class count and builds its models.
+ 3. **Resume** from the newest readable checkpoint of `WORKDIR/checkpoints`
+    (`gan_core.checkpointing`): a checkpoint of another model is refused with every
+    mismatch named; a damaged newer one is moved aside. Its meta gives the plan
+    position and the rollback count. Without a checkpoint: the task's initial state.
+ 4. **Artefacts**: `WORKDIR/config.json` (the resolved config), TensorBoard hparams,
+    parameter counts.
+ 5. **Iterations** until the task is finished or a preemption (SIGTERM) arrives:
+    a. every `task.plan_interval` iterations, the plan at the current position: the
+       real batch's shape and downscaling, static phase (compiled once per phase) and
+       traced scalars. A changed plan may change the state (PGGAN resets Adam when
+       the level of detail changes) and restarts the input at the new shape; a
+       finished resolution gets its last sample grid.
+    b. the jitted iteration on the next batch (prefetched to the devices).
+    c. at every log step and before every save: host scalars and the divergence
+       guard (`gan_core.guard`). A problem is never kept: the newest good checkpoint
+       is restored with a re-seeded random stream and the input rewound; else one
+       short console line, TensorBoard and `WORKDIR/train_log.jsonl` get the scalars.
+    d. sample grids of G-EMA (fixed latents) to TensorBoard and `WORKDIR/samples/`.
+    e. evaluation (`gan_core.eval.evaluator`): FID/IS/KID, best-FID checkpoint.
+    f. checkpoints at the checkpoint cadence, at the end and on preemption.
+ 6. **Shutdown**: pending saves finish, everything closes, the lock is released.
+    A preempted run exits cleanly; rerunning the same command continues exactly.
+
+Cadences (`log`, `checkpoint`, `sample`, `eval`) are read by `Cadence` from one
+vocabulary: `<name>_every_steps` (iterations), `<name>_every_examples` (real images
+shown to D) or `<name>_every_kimg` (thousands of them, PGGAN's unit); 0 is never.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import time
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from gan_core import checkpointing, files, monitoring, parallel
+from gan_core.data import build_pipeline
+from gan_core.errors import ConfigError
+from gan_core.eval.evaluator import Evaluator
+from gan_core.guard import Guard, rollback_key
+from gan_core.images import make_grid, save_png
+from gan_core.preemption import PreemptionFlag
+from gan_core.workdir_lock import hold
+
+TRAIN_LOG = "train_log.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the iterations at a position of the run need besides the state."""
+  leading_shape: tuple[int, ...]  # Real batch axes before the image axes; batch axis last.
+  resolution: int  # Of the images D sees (and G generates) in this plan.
+  downscale: int = 1  # Box-downsampling factor from the dataset's resolution to `resolution`.
+  static: tuple[tuple[str, Any], ...] = ()  # Compile-time arguments (one program per value).
+  scalars: tuple[float, ...] = ()  # Traced float32 arguments (alpha, learning rate).
+  info: tuple[tuple[str, float], ...] = ()  # Logged, and recorded in checkpoint meta.
+  phase: Any = None  # The task's own description of the position (hashable), if any.
+
+  @property
+  def examples_per_iteration(self) -> int:
+    count = 1
+    for n in self.leading_shape:
+      count *= n
+    return count
+
+
+class Task(Protocol):
+  """A GAN method as the loop sees it."""
+
+  kind: str  # Checkpoint meta 'model'; the sampling and evaluation tools check it.
+  plan_interval: int  # Iterations between plan evaluations (PGGAN's minibatch_repeats).
+  random_flip: bool
+
+  def build(self, dataset_classes: int, mesh) -> None:
+    """Builds models and compiled functions for the dataset's class count (0: none)."""
+
+  @property
+  def num_classes(self) -> int: ...
+
+  def init_state(self, seed: int) -> Any: ...
+
+  def abstract_state(self) -> Any: ...
+
+  def fingerprint(self) -> dict[str, Any]:
+    """Meta entries that must match to resume: model kind, classes, parameter shapes."""
+
+  def position(self, state: Any) -> tuple[int, int]:
+    """(iterations, real examples consumed) of a state."""
+
+  def plan(self, position: int) -> Plan:
+    """The plan at `position` real examples (a pure function of the position)."""
+
+  def on_plan_change(self, state: Any, old: Plan | None, new: Plan) -> Any:
+    """The state to continue with when the plan changes (`old` None: the first plan)."""
+
+  def iteration(self, state: Any, batch: dict[str, jax.Array], plan: Plan
+                ) -> tuple[Any, dict[str, jax.Array]]: ...
+
+  def guard_scalars(self, metrics: Any, state: Any, step: int
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """(every host scalar to log, the scalars the guard watches)."""
+
+  def reset_guard(self, state: Any, step: int) -> None:
+    """Forgets what `guard_scalars` tracks between checks (after a resume or rollback)."""
+
+  def latents(self, key: jax.Array, num: int) -> tuple[jax.Array, jax.Array]: ...
+
+  def generate(self, state: Any, z: jax.Array, y: jax.Array, plan: Plan) -> jax.Array:
+    """uint8 G-EMA samples."""
+
+  def finished(self, step: int, examples: int) -> bool: ...
+
+  def remaining(self, step: int, examples: int) -> tuple[float, str]:
+    """How much is left, in 'steps' or 'examples' (for the ETA)."""
+
+
+class Cadence:
+  """`<name>_every_steps`, `<name>_every_examples` or `<name>_every_kimg` of a config."""
+
+  UNITS = {"steps": ("steps", 1), "examples": ("examples", 1), "kimg": ("examples", 1000)}
+
+  def __init__(self, config: ml_collections.ConfigDict, name: str):
+    set_fields = [(suffix, config[f"{name}_every_{suffix}"]) for suffix in self.UNITS
+                  if f"{name}_every_{suffix}" in config and config[f"{name}_every_{suffix}"]]
+    if len(set_fields) > 1:
+      raise ConfigError(f"set only one of {', '.join(f'{name}_every_{s}' for s, _ in set_fields)}")
+    self.unit, self.interval = "steps", 0
+    if set_fields:
+      suffix, value = set_fields[0]
+      self.unit, scale = self.UNITS[suffix]
+      self.interval = int(round(value * scale))
+      if self.interval < 0:
+        raise ConfigError(f"{name}_every_{suffix} must be >= 0")
+
+  def crossed(self, steps: tuple[int, int], examples: tuple[int, int]) -> bool:
+    """Whether an interval boundary lies in (before, after] of this unit."""
+    if not self.interval:
+      return False
+    before, after = steps if self.unit == "steps" else examples
+    return before // self.interval != after // self.interval
+
+
+def _peak_memory_gb() -> dict[str, float]:
+  """Peak host RSS and, where the backend reports it, peak device memory (GB)."""
+  peak = {"host_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - not every backend implements it.
+    stats = {}
+  if "peak_bytes_in_use" in stats:
+    peak["device_peak_gb"] = stats["peak_bytes_in_use"] / 2**30
+  return peak
+
+
+class _Throughput:
+  """Rates between log steps."""
+
+  def __init__(self, step: int, examples: int):
+    self.reset(step, examples)
+
+  def reset(self, step: int, examples: int) -> None:
+    self.step, self.examples, self.time = step, examples, time.perf_counter()
+
+  def report(self, step: int, examples: int, remaining: tuple[float, str]) -> dict[str, float]:
+    now = time.perf_counter()
+    elapsed = max(now - self.time, 1e-9)
+    steps, images = step - self.step, examples - self.examples
+    self.reset(step, examples)
+    left, unit = remaining
+    rate = (steps if unit == "steps" else images) / elapsed
+    return {"kimg": examples / 1000, "sec_per_iteration": elapsed / max(steps, 1),
+            "images_per_sec": images / elapsed,
+            "eta_hours": left / rate / 3600 if rate > 0 else float("inf")}
+
+
+def console_line(step: int, scalars: dict[str, float]) -> str:
+  """The short line a person reads: position, losses, D margin, speed, ETA, memory."""
+  parts = [f"step {step}", f"kimg {scalars['kimg']:.1f}"]
+  for key in ("resolution", "alpha"):
+    if key in scalars:
+      parts.append(f"{key} {scalars[key]:g}")
+  for key in ("d_loss", "g_loss", "d_margin"):
+    if key in scalars:
+      parts.append(f"{key} {scalars[key]:.4g}")
+  parts.append(f"{scalars['sec_per_iteration']:.3g} s/it")
+  parts.append(f"{scalars['images_per_sec']:.0f} img/s")
+  eta = scalars["eta_hours"]
+  parts.append(f"ETA {eta:.2f} h" if np.isfinite(eta) else "ETA -")
+  parts.append(f"host {scalars['host_peak_gb']:.1f} GB")
+  if "device_peak_gb" in scalars:
+    parts.append(f"device {scalars['device_peak_gb']:.1f} GB")
+  return " | ".join(parts)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/config.json: the resolved config, human-readable (process 0)."""
+  if jax.process_index() == 0:
+    files.makedirs(workdir)
+    text = json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+    files.write_bytes(os.path.join(workdir, "config.json"), (text + "\n").encode())
+
+
+def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
+                   writer) -> Evaluator | None:
+  """FID/IS/KID of G-EMA at the eval cadence (off when it is 0), against unflipped reals
+  box-downsampled to the resolution being evaluated (as D sees them)."""
+  if not Cadence(config, "eval").interval:
+    return None
+  reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
+                         random_flip=False, data_dir=config.data_dir or None,
+                         download=config.download_dataset, num_workers=config.data_workers)
+  return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
+                   real_batches=lambda resolution, batch: (
+                       b["images"] for b in reals.iterate(
+                           0, (batch,), downscale=config.model.resolution // resolution)),
+                   writer=writer)
+
+
+def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
+          max_iterations: int | None = None) -> Any:
+  """Trains `task` until it is finished, resuming from `workdir`; returns the final state.
+
+  `max_iterations` stops this call early (with a checkpoint, exactly as a preemption
+  would) after that many iterations; rerunning continues.
+  """
+  with hold(workdir):
+    return _train(task, config, workdir, max_iterations)
+
+
+def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
+  mesh = parallel.make_mesh()
+  pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
+                            task.random_flip, data_dir=config.data_dir or None,
+                            download=config.download_dataset, num_workers=config.data_workers)
+  task.build(pipeline.num_classes, mesh)
+  cadence = {name: Cadence(config, name) for name in ("log", "checkpoint", "sample", "eval")}
+  checkpoints = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir),
+                                           config.max_to_keep,
+                                           keep_every_steps=config.keep_checkpoint_every_steps)
+  guard = Guard(config.guard)
+
+  def meta(step: int, examples: int, plan_position: int) -> dict[str, Any]:
+    plan = task.plan(plan_position)
+    return {"step": step, "config": json.loads(config.to_json_best_effort()),
+            **task.fingerprint(), "data_position": examples, "images_seen": examples,
+            "plan_position": plan_position, "resolution": plan.resolution,
+            **dict(plan.info), "rollbacks": guard.rollbacks}
+
+  def restore(at_step: int | None) -> tuple[Any, int | None]:
+    """The state of checkpoint `at_step` (None: the initial state) and its plan position."""
+    if at_step is None:
+      return task.init_state(config.seed), None
+    saved = checkpoints.restore_meta(at_step)
+    state = checkpoints.restore_state(at_step, task.abstract_state())
+    return state, plan_position_of(saved)
+
+  resumed = checkpoints.restore_newest_readable(
+      task.abstract_state(), lambda saved, at: checkpointing.check_compatible(
+          saved, {"config": json.loads(config.to_json_best_effort()), **task.fingerprint()},
+          checkpoints.directory, at))
+  if resumed is not None:
+    latest, state, saved_meta = resumed
+    plan_position = plan_position_of(saved_meta)
+    guard.rollbacks = int(saved_meta.get("rollbacks", 0))
+    logging.info("Resumed from %s at step %d (%.1f kimg).", checkpoints.directory, latest,
+                 task.position(state)[1] / 1000)
+  else:
+    state, plan_position = task.init_state(config.seed), None
+  step, examples = task.position(state)
+
+  write_config(config, workdir)
+  writer = monitoring.create_writer(workdir)
+  if step == 0:
+    writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, "items")})
+  counts = {name: int(sum(np.prod(shape) for shape in table.values()))
+            for name, table in task.fingerprint()["parameter_shapes"].items()}
+  logging.info("G parameters: %d, D parameters: %d, devices: %d, processes: %d",
+               counts["generator"], counts["discriminator"], mesh.devices.size,
+               jax.process_count())
+
+  grid_z, _ = task.latents(jax.random.PRNGKey(config.seed + 1), config.num_grid_samples)
+  grid_y = jnp.arange(config.num_grid_samples, dtype=jnp.int32) % max(task.num_classes, 1)
+  evaluator = make_evaluator(config, workdir, mesh, writer)
+  eval_latents = jax.jit(lambda key: task.latents(key, evaluator.batch_size),
+                         out_shardings=parallel.batch_sharding(mesh)) if evaluator else None
+  reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=parallel.replicated(mesh))
+
+  def write_samples(at_plan: Plan) -> None:
+    images = monitoring.to_host(task.generate(state, grid_z, grid_y, at_plan))
+    grid = make_grid(images, int(np.ceil(np.sqrt(len(images)))))
+    size = f"{at_plan.resolution}x{at_plan.resolution}"
+    writer.write_images(step, {f"samples_ema/{size}": grid[None]})
+    if jax.process_index() == 0:
+      sample_dir = os.path.join(workdir, "samples")
+      files.makedirs(sample_dir)
+      save_png(os.path.join(sample_dir, f"{step:08d}_kimg{examples // 1000:06d}_{size}.png"),
+               grid)
+
+  def evaluate(at_plan: Plan) -> None:
+    results = evaluator.evaluate(
+        step, lambda key: task.generate(state, *eval_latents(key), at_plan),
+        resolution=at_plan.resolution, extra={"kimg": examples / 1000, **dict(at_plan.info)})
+    if at_plan.resolution == config.model.resolution:  # FIDs at lower resolutions don't rank.
+      evaluator.maybe_keep_best(step, results, state, meta(step, examples, plan_position))
+
+  log_file = os.path.join(workdir, TRAIN_LOG)
+
+  def log(scalars: dict[str, float], console: bool = True) -> None:
+    writer.write_scalars(step, scalars)
+    if jax.process_index() == 0:
+      if console:
+        print(console_line(step, scalars), flush=True)
+      files.append_text(log_file, json.dumps({"step": step, **{
+          k: (v if np.isfinite(v) else str(v)) for k, v in scalars.items()}}) + "\n")
+
+  plan: Plan | None = None if plan_position is None else task.plan(plan_position)
+  data, data_key = None, None
+  throughput = _Throughput(step, examples)
+  task.reset_guard(state, step)
+  preemption = PreemptionFlag()
+  stop_at = None if max_iterations is None else step + max_iterations
+  try:
+    while not preemption.requested:
+      if step % task.plan_interval == 0:
+        if task.finished(step, examples):
+          break
+        new_plan = task.plan(examples)
+        if new_plan != plan:
+          state = task.on_plan_change(state, plan, new_plan)
+          if plan is not None and new_plan.resolution != plan.resolution:
+            write_samples(plan)  # The last samples of the finished resolution.
+            logging.info("Growing to %dx%d at %.1f kimg.", new_plan.resolution,
+                         new_plan.resolution, examples / 1000)
+        plan, plan_position = new_plan, examples
+      if data_key != (plan.leading_shape, plan.downscale):
+        if data is not None:
+          data.close()
+        data = parallel.prefetch_to_devices(
+            pipeline.iterate(examples, plan.leading_shape, downscale=plan.downscale), mesh,
+            leading_unsharded_dims=len(plan.leading_shape) - 1)
+        data_key = (plan.leading_shape, plan.downscale)
+      state, metrics = task.iteration(state, next(data), plan)
+      steps = (step, step + 1)
+      spans = (examples, examples + plan.examples_per_iteration)
+      step, examples = steps[1], spans[1]
+      last = step % task.plan_interval == 0 and task.finished(step, examples)
+      preemption.check(step)
+      if step == stop_at:
+        preemption.requested = True
+      save = checkpointing.save_due(cadence["checkpoint"].crossed(steps, spans), last,
+                                    preemption.requested)
+      if save or cadence["log"].crossed(steps, spans):
+        scalars, watched = task.guard_scalars(metrics, state, step)
+        problem = guard.check(watched)
+        if problem:  # Not kept: back to the last good checkpoint, on another random path.
+          good_step = guard.start_rollback(step, problem, checkpoints)
+          state, plan_position = restore(good_step)
+          state = state.replace(rng=reseed(state.rng, guard.rollbacks))
+          step, examples = task.position(state)
+          plan = None if plan_position is None else task.plan(plan_position)
+          data.close()
+          data, data_key = None, None
+          throughput.reset(step, examples)
+          task.reset_guard(state, step)
+          log({"guard/rollbacks": guard.rollbacks}, console=False)
+          continue
+        scalars.update(throughput.report(step, examples, task.remaining(step, examples)),
+                       resolution=plan.resolution, **dict(plan.info), **_peak_memory_gb())
+        log(scalars)
+      if last or cadence["sample"].crossed(steps, spans):
+        write_samples(plan)
+      if evaluator and (last or cadence["eval"].crossed(steps, spans)):
+        evaluate(plan)
+      if save:
+        checkpoints.save(step, state, meta(step, examples, plan_position))
+    if preemption.requested and checkpoints.latest_step() != step:
+      checkpoints.save(step, state, meta(step, examples, plan_position))  # SIGTERM at start.
+    writer.flush()
+  finally:
+    if data is not None:
+      data.close()
+    preemption.restore()
+    checkpoints.close()
+    if evaluator:
+      evaluator.close()
+    writer.close()
+  if not task.finished(step, examples):
+    logging.warning("Stopped at step %d (%.1f kimg) on request; rerun the same command to "
+                    "continue.", step, examples / 1000)
+  return state
+
+
+def plan_position_of(meta: dict[str, Any]) -> int:
+  """Where the checkpoint's plan was taken (older PGGAN checkpoints: schedule_images_seen)."""
+  for key in ("plan_position", "schedule_images_seen", "data_position"):
+    if key in meta:
+      return int(meta[key])
+  raise checkpointing.CheckpointError("the checkpoint's meta has no data position")
