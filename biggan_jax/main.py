@@ -8,11 +8,9 @@ the resolved config and the parameter tables without reading any data.
 """
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
-from gan_core.cli import define_training_flags, run_app, run_training
+from gan_core.cli import define_training_flags, run_app, training_main
 
 define_training_flags()
 FLAGS = flags.FLAGS
@@ -23,7 +21,6 @@ def dry_run(config, workdir: str | None) -> None:
 
   from biggan_jax.train import BigGANTrainer
   from gan_core import parallel
-  from gan_core.checkpointing import Checkpointer
   from clu import parameter_overview
 
   num_classes = config.model.num_classes or 1
@@ -38,19 +35,9 @@ def dry_run(config, workdir: str | None) -> None:
   count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
   print(f"G parameters: {count(shapes.g_params)}")
   print(f"D parameters: {count(shapes.d_params)}")
-  if workdir:
-    directory = os.path.join(workdir, "checkpoints")
-    step = Checkpointer(directory).latest_step() if os.path.isdir(directory) else None
-    print(f"checkpoint step: {'none' if step is None else step}")
 
 
-def _load_train():
-  from biggan_jax.train import train_and_evaluate
-  return train_and_evaluate
-
-
-def main(argv):
-  run_training(argv, dry_run, _load_train)
+main = training_main(dry_run, "biggan_jax.train")
 
 
 def run() -> None:

@@ -87,7 +87,7 @@ def images_to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-class BigGANTrainer:
+class BigGANTrainer(checkpointing.StateLayout):
   """Holds the models, optimizers and compiled functions for one config and mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh):
@@ -146,22 +146,6 @@ class BigGANTrainer:
         g_params=g_params, g_state=g_vars, d_params=d_params, d_state=d_vars,
         g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
         ema_params=g_params, ema_state=g_vars)
-
-  @functools.cached_property
-  def state_shapes(self) -> TrainState:
-    """Shapes and dtypes of the train state, traced once (no computation, no memory)."""
-    return jax.eval_shape(self._init_state, self.config.seed)
-
-  def abstract_state(self) -> TrainState:
-    """Shapes, dtypes and shardings of the train state (for restoring)."""
-    return checkpointing.abstract_state(self.state_shapes, self.replicated)
-
-  @functools.cached_property
-  def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
-    """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
-    state = self.state_shapes
-    return {"generator": checkpointing.shape_table(state.g_params),
-            "discriminator": checkpointing.shape_table(state.d_params)}
 
   # ---------------------------------------------------------------- forward passes
   def _shard_batch(self, x: jax.Array) -> jax.Array:
@@ -317,35 +301,16 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   return wanted or dataset_classes
 
 
-class BigGANTask:
+class BigGANTask(training.TrainerTask):
   """BigGAN for `gan_core.training`: one constant plan (num_d_steps x accumulations x
   micro-batch real images per iteration), finished after `num_train_steps` iterations."""
 
   kind = "biggan"
   plan_interval = 1
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    self.random_flip = config.random_flip
-    self.trainer: BigGANTrainer | None = None
-
   def build(self, dataset_classes: int, mesh) -> None:
     self.trainer = BigGANTrainer(self.config, resolve_num_classes(self.config, dataset_classes),
                                  mesh)
-
-  @property
-  def num_classes(self) -> int:
-    return self.trainer.num_classes
-
-  def init_state(self, seed: int) -> TrainState:
-    return self.trainer.init_state(seed)
-
-  def abstract_state(self) -> TrainState:
-    return self.trainer.abstract_state()
-
-  def fingerprint(self) -> dict:
-    return {"model": self.kind, "num_classes": self.num_classes,
-            "parameter_shapes": self.trainer.parameter_shapes}
 
   def position(self, state: TrainState) -> tuple[int, int]:
     step = int(monitoring.to_host(state.step))
@@ -354,9 +319,6 @@ class BigGANTask:
   def plan(self, position: int) -> Plan:
     return Plan(leading_shape=self.trainer.batch_leading_shape,
                 resolution=self.config.model.resolution)
-
-  def on_plan_change(self, state: TrainState, old: Plan | None, new: Plan) -> TrainState:
-    return state
 
   def iteration(self, state: TrainState, batch, plan: Plan):
     return self.trainer.train_iteration(state, batch)
@@ -371,9 +333,6 @@ class BigGANTask:
     watched = dict(scalars)
     scalars.update(g_lr=self.config.g_lr, d_lr=self.config.d_lr)
     return scalars, watched
-
-  def reset_guard(self, state: TrainState, step: int) -> None:
-    pass
 
   def latents(self, key: jax.Array, num: int):
     return sample_latents(key, num, self.trainer.models.dim_z, self.num_classes)

@@ -8,6 +8,7 @@ leaves the previous checkpoints intact and the partial one is ignored.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -36,6 +37,23 @@ def _as_path(directory: str) -> str:
 def checkpoint_dir(workdir: str) -> str:
   """Where a training run keeps its checkpoints."""
   return os.path.join(workdir, "checkpoints")
+
+
+def latest_step_of(workdir: str) -> int | None:
+  """The newest checkpoint step of a training workdir (None: none), creating nothing."""
+  directory = checkpoint_dir(workdir)
+  if not (os.path.isdir(directory) if "://" not in directory else _gfile_isdir(directory)):
+    return None
+  checkpoints = Checkpointer(directory)
+  try:
+    return checkpoints.latest_step()
+  finally:
+    checkpoints.close()
+
+
+def _gfile_isdir(path: str) -> bool:
+  import tensorflow as tf
+  return tf.io.gfile.isdir(path)
 
 
 def save_due(interval_reached: bool, last: bool, preempted: bool) -> bool:
@@ -242,6 +260,27 @@ def abstract_state(shapes: Any, sharding: Any) -> Any:
   """Restore targets: every leaf of `shapes` as a ShapeDtypeStruct placed on `sharding`."""
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                       shapes)
+
+
+class StateLayout:
+  """Mixin of a trainer whose `_init_state(seed)` builds a state with `g_params` and
+  `d_params`, placed on `self.replicated`: its layout, traced once without computing."""
+
+  @functools.cached_property
+  def state_shapes(self) -> Any:
+    """Shapes and dtypes of the train state (no computation, no memory)."""
+    return jax.eval_shape(self._init_state, self.config.seed)
+
+  def abstract_state(self) -> Any:
+    """Shapes, dtypes and shardings of the train state (for restoring)."""
+    return abstract_state(self.state_shapes, self.replicated)
+
+  @functools.cached_property
+  def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
+    """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
+    state = self.state_shapes
+    return {"generator": shape_table(state.g_params),
+            "discriminator": shape_table(state.d_params)}
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

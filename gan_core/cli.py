@@ -94,6 +94,10 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
     initialize_distributed()
     if FLAGS.dry_run:
       dry_run(FLAGS.config, FLAGS.workdir)
+      if FLAGS.workdir:
+        from gan_core.checkpointing import latest_step_of
+        step = latest_step_of(FLAGS.workdir)
+        print(f"checkpoint step: {'none' if step is None else step}")
       return
     logging.info("Config:\n%s", FLAGS.config)
     load_train()(FLAGS.config, FLAGS.workdir)
@@ -101,6 +105,16 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def training_main(dry_run: Callable, train_module: str) -> Callable[[list[str]], None]:
+  """The `main(argv)` of a model's training entry point: `run_training` with the dry run
+  and `train_module.train_and_evaluate` (imported only when training)."""
+  def main(argv: list[str]) -> None:
+    import importlib
+    run_training(argv, dry_run,
+                 lambda: importlib.import_module(train_module).train_and_evaluate)
+  return main
 
 
 def run_app(main: Callable) -> None:

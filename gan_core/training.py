@@ -38,6 +38,7 @@ shown to D) or `<name>_every_kimg` (thousands of them, PGGAN's unit); 0 is never
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -130,6 +131,38 @@ class Task(Protocol):
 
   def remaining(self, step: int, examples: int) -> tuple[float, str]:
     """How much is left, in 'steps' or 'examples' (for the ETA)."""
+
+
+class TrainerTask:
+  """What the two tasks share: a `trainer` (built by `build`) holding the compiled
+  functions and the state layout, and the defaults of the optional hooks."""
+
+  kind = ""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.random_flip = config.random_flip
+    self.trainer: Any = None
+
+  @property
+  def num_classes(self) -> int:
+    return self.trainer.num_classes
+
+  def init_state(self, seed: int) -> Any:
+    return self.trainer.init_state(seed)
+
+  def abstract_state(self) -> Any:
+    return self.trainer.abstract_state()
+
+  def fingerprint(self) -> dict[str, Any]:
+    return {"model": self.kind, "num_classes": self.num_classes,
+            "parameter_shapes": self.trainer.parameter_shapes}
+
+  def on_plan_change(self, state: Any, old: Plan | None, new: Plan) -> Any:
+    return state
+
+  def reset_guard(self, state: Any, step: int) -> None:
+    pass
 
 
 class Cadence:
@@ -310,9 +343,10 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
     writer.write_images(step, {f"samples_ema/{size}": grid[None]})
     if jax.process_index() == 0:
       sample_dir = os.path.join(workdir, "samples")
-      files.makedirs(sample_dir)
-      save_png(os.path.join(sample_dir, f"{step:08d}_kimg{examples // 1000:06d}_{size}.png"),
-               grid)
+      with _best_effort("the sample grid"):
+        files.makedirs(sample_dir)
+        save_png(os.path.join(sample_dir, f"{step:08d}_kimg{examples // 1000:06d}_{size}.png"),
+                 grid)
 
   def evaluate(at_plan: Plan) -> None:
     results = evaluator.evaluate(
@@ -328,8 +362,9 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
     if jax.process_index() == 0:
       if console:
         print(console_line(step, scalars), flush=True)
-      files.append_text(log_file, json.dumps({"step": step, **{
-          k: (v if np.isfinite(v) else str(v)) for k, v in scalars.items()}}) + "\n")
+      with _best_effort(TRAIN_LOG):
+        files.append_text(log_file, json.dumps({"step": step, **{
+            k: (v if np.isfinite(v) else str(v)) for k, v in scalars.items()}}) + "\n")
 
   plan: Plan | None = None if plan_position is None else task.plan(plan_position)
   data, data_key = None, None
@@ -406,6 +441,16 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
     logging.warning("Stopped at step %d (%.1f kimg) on request; rerun the same command to "
                     "continue.", step, examples / 1000)
   return state
+
+
+@contextlib.contextmanager
+def _best_effort(what: str):
+  """Writes a run can live without (samples, logs): a full or failing disk is a warning
+  here; the next checkpoint save reports it as an error, keeping the earlier checkpoints."""
+  try:
+    yield
+  except OSError as e:
+    logging.warning("Could not write %s: %s", what, e)
 
 
 def plan_position_of(meta: dict[str, Any]) -> int:

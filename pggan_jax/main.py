@@ -9,11 +9,9 @@ tables without reading any data.
 """
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
-from gan_core.cli import define_training_flags, run_app, run_training
+from gan_core.cli import define_training_flags, run_app, training_main
 
 define_training_flags()
 FLAGS = flags.FLAGS
@@ -24,7 +22,6 @@ def dry_run(config, workdir: str | None) -> None:
   from clu import parameter_overview
 
   from gan_core import parallel
-  from gan_core.checkpointing import Checkpointer
   from pggan_jax import schedule
   from pggan_jax.train import PGGANTrainer
 
@@ -57,19 +54,9 @@ def dry_run(config, workdir: str | None) -> None:
     if kimg >= total:
       break
   print(f"  total {total:g} kimg")
-  if workdir:
-    directory = os.path.join(workdir, "checkpoints")
-    step = Checkpointer(directory).latest_step() if os.path.isdir(directory) else None
-    print(f"checkpoint step: {'none' if step is None else step}")
 
 
-def _load_train():
-  from pggan_jax.train import train_and_evaluate
-  return train_and_evaluate
-
-
-def main(argv):
-  run_training(argv, dry_run, _load_train)
+main = training_main(dry_run, "pggan_jax.train")
 
 
 def run() -> None:

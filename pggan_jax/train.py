@@ -12,7 +12,6 @@ input iterator when the resolution or batch size does.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -89,7 +88,7 @@ def fade_reals(reals: jax.Array, alpha: jax.Array) -> jax.Array:
   return reals + (coarse - reals) * (1.0 - alpha)
 
 
-class PGGANTrainer:
+class PGGANTrainer(checkpointing.StateLayout):
   """The models, optimizer and compiled functions for one config and mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh):
@@ -136,21 +135,6 @@ class PGGANTrainer:
                       g_params=g_params, d_params=d_params,
                       g_opt_state=self.tx.init(g_params), d_opt_state=self.tx.init(d_params),
                       ema_params=g_params)
-
-  @functools.cached_property
-  def state_shapes(self) -> TrainState:
-    return jax.eval_shape(self._init_state, self.config.seed)
-
-  def abstract_state(self) -> TrainState:
-    """Shapes, dtypes and shardings of the train state (for restoring)."""
-    return checkpointing.abstract_state(self.state_shapes, self.replicated)
-
-  @functools.cached_property
-  def parameter_shapes(self) -> dict[str, dict[str, list[int]]]:
-    """{'generator': {path: shape}, 'discriminator': {...}} of trainable parameters."""
-    state = self.state_shapes
-    return {"generator": checkpointing.shape_table(state.g_params),
-            "discriminator": checkpointing.shape_table(state.d_params)}
 
   def _reset_optimizers(self, state: TrainState) -> TrainState:
     return state.replace(g_opt_state=self.tx.init(state.g_params),
@@ -268,7 +252,7 @@ def resolve_num_classes(config: ml_collections.ConfigDict, dataset_classes: int)
   return wanted
 
 
-class PGGANTask:
+class PGGANTask(training.TrainerTask):
   """PGGAN for `gan_core.training`. The plan is the schedule's phase at the images shown
   so far, re-evaluated every `minibatch_repeats` iterations: resolution, fade-in, batch
   size and learning rate; Adam is reset when the level of detail changes. Finished after
@@ -278,30 +262,14 @@ class PGGANTask:
 
   def __init__(self, config: ml_collections.ConfigDict):
     schedule.validate(config)
-    self.config = config
+    super().__init__(config)
     self.plan_interval = config.minibatch_repeats
-    self.random_flip = config.random_flip
     self.total_images = int(round(config.total_kimg * 1000))
-    self.trainer: PGGANTrainer | None = None
     self._skips_seen = (0, 0)  # (step, skipped updates) at the last guard check.
 
   def build(self, dataset_classes: int, mesh) -> None:
     self.trainer = PGGANTrainer(self.config, resolve_num_classes(self.config, dataset_classes),
                                 mesh)
-
-  @property
-  def num_classes(self) -> int:
-    return self.trainer.num_classes
-
-  def init_state(self, seed: int) -> TrainState:
-    return self.trainer.init_state(seed)
-
-  def abstract_state(self) -> TrainState:
-    return self.trainer.abstract_state()
-
-  def fingerprint(self) -> dict:
-    return {"model": self.kind, "num_classes": self.num_classes,
-            "parameter_shapes": self.trainer.parameter_shapes}
 
   def position(self, state: TrainState) -> tuple[int, int]:
     return (int(monitoring.to_host(state.step)), int(monitoring.to_host(state.images_seen)))

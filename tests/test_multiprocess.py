@@ -162,7 +162,7 @@ def test_sigterm_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
   def read():
     for line in process.stdout:
       lines.append(line)
-      if "] d_fake=" in line:
+      if line.startswith("[0] step ") and " img/s " in line:  # a console metrics line
         training.set()
   reader = threading.Thread(target=read, daemon=True)
   reader.start()
