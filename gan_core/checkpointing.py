@@ -19,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from gan_core.errors import UserError
+from gan_core.errors import UserError, first_line
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -116,7 +116,7 @@ class Checkpointer:
 
   def _write_failure(self, step: int | None, error: Exception) -> str:
     kept = self.all_steps()
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = first_line(error)
     if len(reason) > 400:  # TensorStore messages are long; the OS's reason comes last.
       reason = reason[:200] + " ... " + reason[-180:]
     return (f"writing checkpoint {'' if step is None else f'{step} '}to {self.directory!r} failed "
@@ -131,16 +131,17 @@ class Checkpointer:
   def restore_state(self, step: int, abstract_state: Any) -> Any:
     """Restores `state` at `step` onto the shardings of `abstract_state`."""
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+      return self._read_state(step, abstract_state)
     except (ValueError, KeyError, TypeError) as e:
-      summary = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise IncompatibleCheckpointError(
           f"the train state saved at {self.directory!r} (step {step}) does not have the "
-          f"structure this code expects ({summary}). It was probably written by another "
+          f"structure this code expects ({first_line(e)}). It was probably written by another "
           "version of this code. The checkpoint has not been modified; restore it with the "
           "version that wrote it, or use a new --workdir.") from e
-    return restored["state"]
+
+  def _read_state(self, step: int, abstract_state: Any) -> Any:
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
 
   def restore_newest_readable(
       self, abstract_state: Any,
@@ -165,8 +166,7 @@ class Checkpointer:
       if check_meta is not None:
         check_meta(meta, step)
       try:
-        state = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))["state"]
+        state = self._read_state(step, abstract_state)
       except Exception as e:  # TensorStore DATA_LOSS, JSON errors in _METADATA, ...
         failures.append((step, "state", e))
         continue
@@ -210,8 +210,7 @@ class Checkpointer:
 
 
 def _one_line(error: Exception, limit: int = 300) -> str:
-  text = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
-  text = f"{type(error).__name__}: {text}"
+  text = f"{type(error).__name__}: {first_line(error)}"
   return text if len(text) <= limit else text[:limit - 60] + " ... " + text[-55:]
 
 

@@ -34,6 +34,10 @@ export JAX_PLATFORMS=cpu
 # The simulated device count comes from JAX_NUM_CPU_DEVICES, not an inherited XLA flag.
 XLA_FLAGS=$(echo "${XLA_FLAGS:-}" | sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g')
 export XLA_FLAGS
+# CPU collectives (gloo) give a process 30 s to join the first collective of a program.
+# JAX's persistent compilation cache is written by process 0 only, so with a cache process 0
+# loads a program at once while the others compile it, often for longer than that.
+unset JAX_COMPILATION_CACHE_DIR
 
 set -m  # Each process in its own process group (for the last-resort SIGKILL).
 declare -A running  # pid -> process index

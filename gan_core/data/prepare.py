@@ -36,6 +36,7 @@ from gan_core.data import prepared
 from gan_core.data.sources import DataError, ImageFolderSource, decode_file
 from gan_core.images import box_downsample_uint8
 
+
 def stored_levels(resolution: int, levels: bool) -> list[int]:
   """The resolutions a prepare stores: R, and with `levels` R/2, ... while >= 4."""
   result = [resolution]

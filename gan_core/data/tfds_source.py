@@ -14,14 +14,10 @@ import numpy as np
 from PIL import Image
 
 from gan_core.data.sources import DataError, center_crop_resize
+from gan_core.errors import first_line
 from gan_core.images import box_downsample_uint8
 
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
-
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 class TfdsSource:
@@ -29,11 +25,13 @@ class TfdsSource:
 
   def __init__(self, name: str, image_size: int, data_dir: str | None = None,
                split: str = "train", download: bool = False):
+    import tensorflow as tf
     import tensorflow_datasets as tfds
+    tf.config.set_visible_devices([], "GPU")  # tfds imports TensorFlow; keep it off the GPUs.
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:
-      raise DataError(f"unknown tfds dataset {name!r} ({_first_line(e)}). Use a tfds name such as "
+      raise DataError(f"unknown tfds dataset {name!r} ({first_line(e)}). Use a tfds name such as "
                       "'imagenet2012' or 'cifar10', 'digits', a prepared dataset "
                       "(python -m gan_core.data.prepare) or a path to an image folder.") from e
     if not builder.is_prepared() and download:
@@ -61,7 +59,7 @@ class TfdsSource:
                   f"downloads/manual: {builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
       raise DataError(
           f"tfds dataset {name!r} (split {split!r}) is not prepared in {builder.data_dir!r} "
-          f"({_first_line(e)}). Prepare it with `tfds build {name} --file_format=array_record` "
+          f"({first_line(e)}). Prepare it with `tfds build {name} --file_format=array_record` "
           "(or set config.data_dir to where it is, or config.download_dataset=True to let the "
           f"run download it).{manual}") from e
     self.name = name
@@ -79,8 +77,8 @@ class TfdsSource:
       if isinstance(encoded, bytes):
         image = Image.open(io.BytesIO(encoded))
       else:  # Sources that decode anyway (tfds.testing.mock_data) give arrays.
-        image = Image.fromarray(np.asarray(encoded).squeeze(-1) if np.ndim(encoded) == 3 and
-                                np.shape(encoded)[-1] == 1 else np.asarray(encoded))
+        pixels = np.asarray(encoded)
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1:] == (1,) else pixels)
       with image:
         pixels = center_crop_resize(image, self.image_size)
     except Exception as e:
