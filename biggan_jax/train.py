@@ -307,6 +307,24 @@ class BigGANTask(training.TrainerTask):
 
   kind = "biggan"
   plan_interval = 1
+  generator_fields = ("ema_params", "ema_state")
+
+  @staticmethod
+  def sampling_config(config: ml_collections.ConfigDict,
+                      num_devices: int) -> ml_collections.ConfigDict:
+    """The training batch need not split over the sampling devices; the trainer checks it."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.batch_size, config.num_accumulations = num_devices, 1
+    return config
+
+  @property
+  def latent_size(self) -> int:
+    return self.trainer.models.dim_z
+
+  def standing_stats(self, state: TrainState, key: jax.Array, num_batches: int,
+                     batch_size: int) -> TrainState:
+    return state.replace(ema_state=self.trainer.standing_stats(
+        state.ema_params, state.ema_state, key, num_batches, batch_size))
 
   def build(self, dataset_classes: int, mesh) -> None:
     self.trainer = BigGANTrainer(self.config, resolve_num_classes(self.config, dataset_classes),
@@ -334,8 +352,8 @@ class BigGANTask(training.TrainerTask):
     scalars.update(g_lr=self.config.g_lr, d_lr=self.config.d_lr)
     return scalars, watched
 
-  def latents(self, key: jax.Array, num: int):
-    return sample_latents(key, num, self.trainer.models.dim_z, self.num_classes)
+  def latents(self, key: jax.Array, num: int, truncation: float | None = None):
+    return sample_latents(key, num, self.trainer.models.dim_z, self.num_classes, truncation)
 
   def generate(self, state: TrainState, z, y, plan: Plan) -> jax.Array:
     return self.trainer.generate(state.ema_params, state.ema_state, z, y)

@@ -8,6 +8,7 @@ leaves the previous checkpoints intact and the partial one is ignored.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -139,6 +141,21 @@ class Checkpointer:
           "version of this code. The checkpoint has not been modified; restore it with the "
           "version that wrote it, or use a new --workdir.") from e
 
+  def restore_fields(self, step: int, abstract_state: Any, fields: tuple[str, ...]) -> Any:
+    """Only the named fields of the (dataclass) state at `step`, e.g. G-EMA for sampling;
+    the other fields are not read from storage and hold `...` placeholders."""
+    skipped = {f.name: jax.tree.map(lambda _: ocp.PLACEHOLDER, getattr(abstract_state, f.name))
+               for f in dataclasses.fields(abstract_state) if f.name not in fields}
+    target = abstract_state.replace(**skipped)
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["state"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise IncompatibleCheckpointError(
+          f"the {', '.join(fields)} saved at {self.directory!r} (step {step}) do not have the "
+          f"structure this code expects ({first_line(e)}). It was probably written by another "
+          "version of this code.") from e
+
   def _read_state(self, step: int, abstract_state: Any) -> Any:
     return self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))["state"]
@@ -207,6 +224,35 @@ class Checkpointer:
         self._manager.close()
       except Exception as e:  # A failed save is reported by wait(); keep its message.
         logging.warning("closing the checkpoint manager: %s", e)
+
+
+class BestCheckpoint:
+  """The checkpoint with the lowest value of one metric so far (FID), alone in `directory`.
+
+  Saved through a `Checkpointer` of its own (asynchronously, like the others), created
+  only when the first improvement arrives; `best` starts from what earlier runs of the
+  workdir logged, so a resumed run does not replace a better checkpoint with a worse one.
+  """
+
+  def __init__(self, directory: str, best: float = float("inf")):
+    self.directory = directory
+    self.best = best
+    self._checkpoints: Checkpointer | None = None
+
+  def offer(self, step: int, value: float, state: Any, meta: Mapping[str, Any]) -> bool:
+    """Saves `state` when `value` beats the best so far; returns whether it did."""
+    if not np.isfinite(value) or value >= self.best:
+      return False
+    if self._checkpoints is None:
+      self._checkpoints = Checkpointer(self.directory, max_to_keep=1)
+    self._checkpoints.save(step, state, meta)
+    self.best = value
+    logging.info("New best %.4g at step %d, kept in %s.", value, step, self.directory)
+    return True
+
+  def close(self) -> None:
+    if self._checkpoints is not None:
+      self._checkpoints.close()
 
 
 def _one_line(error: Exception, limit: int = 300) -> str:

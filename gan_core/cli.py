@@ -118,9 +118,19 @@ def training_main(dry_run: Callable, train_module: str) -> Callable[[list[str]],
 
 
 def run_app(main: Callable) -> None:
-  """absl app.run with the clear config-override errors; Ctrl-C exits 130."""
+  """absl app.run with the clear config-override errors; an error the user can fix
+  (`UserError`) is one `error:` line and exit status 1; Ctrl-C exits 130."""
   from absl import app
+  from gan_core.errors import UserError
+
+  def guarded(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+
   try:
-    app.run(main, flags_parser=parse_flags)
+    app.run(guarded, flags_parser=parse_flags)
   except KeyboardInterrupt:
     sys.exit(130)

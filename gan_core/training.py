@@ -27,7 +27,9 @@ The life of a run:
        is restored with a re-seeded random stream and the input rewound; else one
        short console line, TensorBoard and `WORKDIR/train_log.jsonl` get the scalars.
     d. sample grids of G-EMA (fixed latents) to TensorBoard and `WORKDIR/samples/`.
-    e. evaluation (`gan_core.eval.evaluator`): FID/IS/KID, best-FID checkpoint.
+    e. evaluation: `gan_core.eval.evaluator` measures G-EMA (FID, IS, KID, SWD,
+       MS-SSIM: `config.eval.metrics`); the loop logs it (console, TensorBoard,
+       `WORKDIR/metrics.jsonl`) and keeps the best-FID checkpoint in `WORKDIR/best_fid`.
     f. checkpoints at the checkpoint cadence, at the end and on preemption.
  6. **Shutdown**: pending saves finish, everything closes, the lock is released.
     A preempted run exits cleanly; rerunning the same command continues exactly.
@@ -54,7 +56,7 @@ from absl import logging
 
 from gan_core import checkpointing, files, monitoring, parallel
 from gan_core.data import build_pipeline
-from gan_core.errors import ConfigError
+from gan_core.errors import ConfigError, UserError
 from gan_core.eval.evaluator import Evaluator
 from gan_core.guard import Guard, rollback_key
 from gan_core.images import make_grid, save_png
@@ -62,6 +64,8 @@ from gan_core.preemption import PreemptionFlag
 from gan_core.workdir_lock import hold
 
 TRAIN_LOG = "train_log.jsonl"
+METRICS_FILE = "metrics.jsonl"  # One JSON line per evaluation.
+BEST_DIR = "best_fid"  # The checkpoint with the best FID so far.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +126,9 @@ class Task(Protocol):
   def reset_guard(self, state: Any, step: int) -> None:
     """Forgets what `guard_scalars` tracks between checks (after a resume or rollback)."""
 
-  def latents(self, key: jax.Array, num: int) -> tuple[jax.Array, jax.Array]: ...
+  def latents(self, key: jax.Array, num: int, truncation: float | None = None
+              ) -> tuple[jax.Array, jax.Array]:
+    """(z, y) for `num` samples; `truncation` T draws z_i conditioned on |z_i| <= T."""
 
   def generate(self, state: Any, z: jax.Array, y: jax.Array, plan: Plan) -> jax.Array:
     """uint8 G-EMA samples."""
@@ -138,6 +144,17 @@ class TrainerTask:
   functions and the state layout, and the defaults of the optional hooks."""
 
   kind = ""
+  generator_fields: tuple[str, ...] = ("ema_params",)  # All that sampling restores.
+
+  @staticmethod
+  def sampling_config(config: ml_collections.ConfigDict,
+                      num_devices: int) -> ml_collections.ConfigDict:
+    """The training config adapted to sample on `num_devices` (batch sizes that split)."""
+    return config
+
+  def standing_stats(self, state: Any, key: jax.Array, num_batches: int,
+                     batch_size: int) -> Any:
+    raise UserError(f"--standing_stats: the {self.kind} generator has no batch norm")
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -251,20 +268,37 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     files.write_bytes(os.path.join(workdir, "config.json"), (text + "\n").encode())
 
 
-def make_evaluator(config: ml_collections.ConfigDict, workdir: str, mesh,
-                   writer) -> Evaluator | None:
-  """FID/IS/KID of G-EMA at the eval cadence (off when it is 0), against unflipped reals
-  box-downsampled to the resolution being evaluated (as D sees them)."""
-  if not Cadence(config, "eval").interval:
-    return None
+def real_batches_of(config: ml_collections.ConfigDict):
+  """`real_batches(resolution, batch)` for the evaluator: unflipped reals of the config's
+  dataset from position 0, box-downsampled to `resolution` (as D sees them)."""
   reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
                          random_flip=False, data_dir=config.data_dir or None,
                          download=config.download_dataset, num_workers=config.data_workers)
-  return Evaluator(config.eval, workdir, mesh, dataset_id=config.dataset,
-                   real_batches=lambda resolution, batch: (
-                       b["images"] for b in reals.iterate(
-                           0, (batch,), downscale=config.model.resolution // resolution)),
-                   writer=writer)
+  return lambda resolution, batch: (b["images"] for b in reals.iterate(
+      0, (batch,), downscale=config.model.resolution // resolution))
+
+
+def make_evaluator(config: ml_collections.ConfigDict, mesh) -> Evaluator | None:
+  """The metrics of `config.eval.metrics` for G-EMA at the eval cadence (off when it is 0)."""
+  if not Cadence(config, "eval").interval:
+    return None
+  return Evaluator(config.eval, mesh, dataset_id=config.dataset,
+                   real_batches=real_batches_of(config))
+
+
+def best_logged(workdir: str, metric: str = "fid") -> float:
+  """The best (lowest) `metric` in WORKDIR/metrics.jsonl (a resumed run keeps its best)."""
+  best = float("inf")
+  path = os.path.join(workdir, METRICS_FILE)
+  if files.exists(path):
+    for line in files.read_text(path).splitlines():
+      try:
+        value = json.loads(line).get(metric)
+      except json.JSONDecodeError:
+        continue  # A line cut by a crash.
+      if isinstance(value, (int, float)) and np.isfinite(value):
+        best = min(best, float(value))
+  return best
 
 
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
@@ -331,7 +365,9 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
 
   grid_z, _ = task.latents(jax.random.PRNGKey(config.seed + 1), config.num_grid_samples)
   grid_y = jnp.arange(config.num_grid_samples, dtype=jnp.int32) % max(task.num_classes, 1)
-  evaluator = make_evaluator(config, workdir, mesh, writer)
+  evaluator = make_evaluator(config, mesh)
+  best = checkpointing.BestCheckpoint(os.path.join(workdir, BEST_DIR),
+                                      best_logged(workdir, "fid")) if evaluator else None
   eval_latents = jax.jit(lambda key: task.latents(key, evaluator.batch_size),
                          out_shardings=parallel.batch_sharding(mesh)) if evaluator else None
   reseed = jax.jit(rollback_key, static_argnums=1, out_shardings=parallel.replicated(mesh))
@@ -349,11 +385,25 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
                  grid)
 
   def evaluate(at_plan: Plan) -> None:
-    results = evaluator.evaluate(
-        step, lambda key: task.generate(state, *eval_latents(key), at_plan),
-        resolution=at_plan.resolution, extra={"kimg": examples / 1000, **dict(at_plan.info)})
-    if at_plan.resolution == config.model.resolution:  # FIDs at lower resolutions don't rank.
-      evaluator.maybe_keep_best(step, results, state, meta(step, examples, plan_position))
+    start = time.time()
+    results = evaluator.measure(lambda key: task.generate(state, *eval_latents(key), at_plan),
+                                resolution=at_plan.resolution)
+    if not results:
+      return
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    record = {"step": step, "kimg": examples / 1000, **dict(at_plan.info),
+              "resolution": at_plan.resolution, "num_samples": config.eval.num_samples,
+              **results, "seconds": round(time.time() - start, 1)}
+    if jax.process_index() == 0:
+      print(f"eval step {step} | " + " | ".join(f"{k} {v:.4g}" for k, v in results.items()),
+            flush=True)
+      with _best_effort(METRICS_FILE):
+        files.append_text(os.path.join(workdir, METRICS_FILE), json.dumps(record) + "\n")
+    # Only FIDs at the final resolution rank checkpoints.
+    if (config.eval.keep_best and "fid" in results
+        and at_plan.resolution == config.model.resolution):
+      best.offer(step, results["fid"], state, {**meta(step, examples, plan_position),
+                                               "fid": results["fid"]})
 
   log_file = os.path.join(workdir, TRAIN_LOG)
 
@@ -434,8 +484,8 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
       data.close()
     preemption.restore()
     checkpoints.close()
-    if evaluator:
-      evaluator.close()
+    if best:
+      best.close()
     writer.close()
   if not task.finished(step, examples):
     logging.warning("Stopped at step %d (%.1f kimg) on request; rerun the same command to "

@@ -319,8 +319,24 @@ class PGGANTask(training.TrainerTask):
   def reset_guard(self, state: TrainState, step: int) -> None:
     self._skips_seen = (step, int(monitoring.to_host(state.skipped_updates)))
 
-  def latents(self, key: jax.Array, num: int):
-    z = jax.random.normal(key, (num, self.trainer.latent_size), jnp.float32)
+  @staticmethod
+  def sampling_config(config: ml_collections.ConfigDict,
+                      num_devices: int) -> ml_collections.ConfigDict:
+    """The training batch sizes need not split over the sampling devices; the trainer checks
+    them, so give it the smallest batch that does (and fits the minibatch-stddev groups)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key in config.batch_size:
+      config.batch_size[key] = math.lcm(max(config.model.mbstd_group_size, 1), num_devices)
+    return config
+
+  @property
+  def latent_size(self) -> int:
+    return self.trainer.latent_size
+
+  def latents(self, key: jax.Array, num: int, truncation: float | None = None):
+    shape = (num, self.trainer.latent_size)
+    z = (jax.random.truncated_normal(key, -truncation, truncation, shape, jnp.float32)
+         if truncation else jax.random.normal(key, shape, jnp.float32))
     y = jax.random.randint(jax.random.fold_in(key, 1), (num,), 0, max(self.num_classes, 1))
     return z, y
 

@@ -79,3 +79,62 @@ def test_sample_cli_sheets_interpolations_and_errors(trained_workdir, tmp_path):
   code, _, err = run("biggan_jax.sample", f"--workdir={tmp_path / 'nothing'}",
                      f"--out={tmp_path / 'x.npz'}")
   assert code != 0 and "no checkpoints" in err
+
+
+def test_sample_cli_renders_given_latents(trained_workdir, tmp_path):
+  """A sampling .npz holds z and labels; rendering them with --latents gives the same images.
+  Bad latents files are one clear error."""
+  code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                     f"--out={tmp_path / 'first.npz'}", "--num_samples=5", "--seed=4",
+                     "--truncation=0.5")
+  assert code == 0, err[-2000:]
+  first = np.load(tmp_path / "first.npz")
+  assert first["z"].shape == (5, 16) and np.abs(first["z"]).max() <= 0.5
+  np.savez(tmp_path / "latents.npz", z=first["z"], y=first["labels"])
+  code, stdout, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                          f"--out={tmp_path / 'again.npz'}", f"--latents={tmp_path / 'latents.npz'}",
+                          "--batch_size=2")
+  assert code == 0, err[-2000:]
+  assert "wrote 5 samples" in stdout
+  again = np.load(tmp_path / "again.npz")
+  np.testing.assert_array_equal(again["images"], first["images"])
+  np.testing.assert_array_equal(again["labels"], first["labels"])
+  np.savez(tmp_path / "narrow.npz", z=np.zeros((2, 3), np.float32), y=np.zeros(2, np.int32))
+  np.savez(tmp_path / "no_y.npz", z=np.zeros((2, 16), np.float32))
+  for name, expected in (("narrow.npz", "needs (N, 16)"), ("no_y.npz", "add 'y'")):
+    code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                       f"--out={tmp_path / 'x.npz'}", f"--latents={tmp_path / name}")
+    assert code == 1 and expected in err and "Traceback" not in err, err[-2000:]
+
+
+def test_sampling_restores_g_ema_alone_and_checks_the_model(trained_workdir):
+  from biggan_jax.train import BigGANTask
+  from gan_core import sampling
+  from pggan_jax.train import PGGANTask
+  generator = sampling.load(BigGANTask, str(trained_workdir))
+  state = generator.state
+  import jax
+  assert all(leaf is Ellipsis for leaf in jax.tree.leaves(state.d_params))
+  assert all(leaf is Ellipsis for leaf in jax.tree.leaves(state.g_opt_state))
+  assert all(hasattr(leaf, "shape") for leaf in jax.tree.leaves(state.ema_params))
+  assert all(hasattr(leaf, "shape") for leaf in jax.tree.leaves(state.ema_state))
+  from gan_core.checkpointing import CheckpointError
+  with pytest.raises(CheckpointError, match="holds a 'biggan' checkpoint"):
+    sampling.load(PGGANTask, str(trained_workdir))
+
+
+def test_evaluate_cli_writes_a_json_line(trained_workdir, fid_weights_path, tmp_path):
+  import json
+  args = (f"--workdir={trained_workdir}", "--num_samples=16", "--batch_size=8",
+          f"--stats_dir={tmp_path / 'stats'}", "--metrics=fid,is,kid")
+  code, stdout, err = run("biggan_jax.evaluate", *args, f"--inception_weights={fid_weights_path}")
+  assert code == 0, err[-2000:]
+  values = dict(line.split(": ") for line in stdout.splitlines())
+  assert set(values) == {"fid", "is_mean", "is_std", "kid_mean", "kid_std"}
+  [record] = [json.loads(l) for l in (trained_workdir / "evaluations.jsonl").read_text()
+              .splitlines()]
+  assert record["step"] == 2 and record["num_samples"] == 16
+  assert record["fid"] == pytest.approx(float(values["fid"]), rel=1e-8)
+  assert (tmp_path / "stats" / "digits-32px-16.npz").exists()
+  code, _, err = run("biggan_jax.evaluate", *args, "--inception_weights=/nonexistent.pth")
+  assert code == 1 and "Traceback" not in err and "/nonexistent.pth" in err, err[-2000:]

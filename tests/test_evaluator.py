@@ -1,5 +1,6 @@
-"""In-training evaluation: metrics.jsonl, cached dataset statistics, best-FID checkpoint,
-and training that goes on without Inception weights."""
+"""Evaluation: the evaluator's measurements (FID/IS/KID, SWD, MS-SSIM), cached dataset
+statistics, and in training metrics.jsonl, the best-FID checkpoint and training that goes
+on without Inception weights."""
 import json
 import os
 
@@ -10,15 +11,8 @@ from gan_core import parallel
 from gan_core.data import build_pipeline
 from gan_core.eval import fid
 from gan_core.eval.config import eval_config
-from gan_core.eval.evaluator import BEST_DIR, METRICS_FILE, Evaluator
-
-
-class _Writer:
-  def __init__(self):
-    self.scalars = []
-
-  def write_scalars(self, step, scalars):
-    self.scalars.append((step, dict(scalars)))
+from gan_core.eval.evaluator import Evaluator
+from gan_core.training import BEST_DIR, METRICS_FILE
 
 
 def _eval_config(weights_path, tmp_path, **overrides):
@@ -38,37 +32,49 @@ def _digit_reals():
 
 def test_reals_against_their_own_statistics_give_zero_fid(fid_weights_path, tmp_path):
   mesh = parallel.make_mesh()
-  writer = _Writer()
-  evaluator = Evaluator(_eval_config(fid_weights_path, tmp_path, metrics="fid,is,kid"),
-                        str(tmp_path / "work"), mesh, dataset_id="digits",
-                        real_batches=_digit_reals(), writer=writer)
+  evaluator = Evaluator(_eval_config(fid_weights_path, tmp_path, metrics="fid,is,kid,swd"),
+                        mesh, dataset_id="digits", real_batches=_digit_reals())
   reals = _digit_reals()(32, 8)
   first_two = [parallel.global_array_from_local(next(reals), mesh) for _ in range(2)]
   batches = iter(first_two)
-  results = evaluator.evaluate(3, lambda key: next(batches), resolution=32)
+  results = evaluator.measure(lambda key: next(batches), resolution=32)
   assert abs(results["fid"]) < 1e-3  # the same 16 images: FID 0 up to float rounding
+  assert results["swd_avg"] == 0.0  # the same images and patches: exactly 0
   assert np.isfinite(results["kid_mean"])
   assert results["is_mean"] >= 1.0
   stats_file = tmp_path / "stats" / "digits-32px-16.npz"
   mu, sigma = fid.load_statistics(str(stats_file))
   assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
-  [(step, scalars)] = writer.scalars
-  assert step == 3 and set(scalars) == {"eval/fid", "eval/is_mean", "eval/is_std",
-                                        "eval/kid_mean", "eval/kid_std"}
-  with open(tmp_path / "work" / METRICS_FILE) as f:
-    record = json.loads(f.read())
-  assert record["step"] == 3 and record["fid"] == results["fid"] and record["num_samples"] == 16
+  assert list(results) == ["fid", "is_mean", "is_std", "kid_mean", "kid_std", "swd_32",
+                           "swd_16", "swd_avg"]
+
+
+def test_measurements_equal_the_api_on_the_same_images(tmp_path):
+  """SWD and MS-SSIM of generated batches through the evaluator (no Inception needed) equal
+  `gan_core.eval.compute` on the same arrays; below 16x16 they are left out."""
+  from gan_core.eval import compute
+  mesh = parallel.make_mesh()
+  evaluator = Evaluator(_eval_config("", tmp_path, metrics="swd,ms_ssim"), mesh,
+                        dataset_id="digits", real_batches=_digit_reals())
+  rng = np.random.default_rng(0)
+  fakes = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  batches = iter([parallel.global_array_from_local(fakes[:8], mesh),
+                  parallel.global_array_from_local(fakes[8:], mesh)])
+  results = evaluator.measure(lambda key: next(batches), resolution=32)
+  reals = np.concatenate([next(_digit_reals()(32, 16))])
+  expected = compute("swd,ms_ssim", fake=fakes, real=reals)
+  assert results == pytest.approx(expected, rel=1e-6) and results["swd_avg"] > 0
+  tiny = iter([parallel.global_array_from_local(fakes[:8, :8, :8], mesh)] * 2)
+  assert evaluator.measure(lambda key: next(tiny), resolution=8) == {}
 
 
 def test_missing_weights_turn_evaluation_off_once(tmp_path, capsys):
-  evaluator = Evaluator(_eval_config("", tmp_path), str(tmp_path / "work"),
-                        parallel.make_mesh(), dataset_id="digits", real_batches=_digit_reals(),
-                        writer=_Writer())
-  for step in (1, 2):
-    assert evaluator.evaluate(step, lambda key: None, resolution=32) is None
+  evaluator = Evaluator(_eval_config("", tmp_path), parallel.make_mesh(), dataset_id="digits",
+                        real_batches=_digit_reals())
+  for _ in (1, 2):
+    assert evaluator.measure(lambda key: None, resolution=32) is None
   assert not evaluator.active
   assert capsys.readouterr().out.count("evaluation is off") == 1
-  assert not os.path.exists(tmp_path / "work" / METRICS_FILE)
 
 
 @pytest.fixture
@@ -76,7 +82,7 @@ def fast_fid(monkeypatch):
   """The exact 2048-d FID costs ~20 s of eigvals on 2 cores; the training-loop tests check
   the plumbing (logging, best checkpoint), so they use the same formula on 64 dims."""
   exact = fid.frechet_distance
-  monkeypatch.setattr("gan_core.eval.evaluator.fid_lib.frechet_distance",
+  monkeypatch.setattr("gan_core.eval.fid.frechet_distance",
                       lambda m1, s1, m2, s2: exact(m1[:64], s1[:64, :64], m2[:64], s2[:64, :64]))
 
 
@@ -104,13 +110,17 @@ def test_pggan_training_evaluates_at_the_current_resolution(fid_weights_path, tm
   from test_pggan_train import tiny_pggan_config
   config = tiny_pggan_config()
   config.eval_every_kimg = config.total_kimg / 2
-  config.eval = _eval_config(fid_weights_path, tmp_path)
+  config.eval = _eval_config(fid_weights_path, tmp_path, metrics="fid,swd,ms_ssim")
   from pggan_jax.train import train_and_evaluate
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, METRICS_FILE)) as f:
     records = [json.loads(line) for line in f]
   assert len(records) == 2 and all(np.isfinite(r["fid"]) for r in records)
-  assert records[-1]["resolution"] == config.model.resolution
+  assert records[-1]["resolution"] == config.model.resolution == 16
+  # PGGAN's own metrics, tracked in training as in the paper (defined from 16x16 on).
+  assert {"swd_16", "swd_avg", "ms_ssim"} <= set(records[-1])
+  assert records[-1]["swd_avg"] > 0 and 0 <= records[-1]["ms_ssim"] <= 1
+  assert "swd_avg" not in records[0] or records[0]["resolution"] >= 16
   assert "kimg" in records[0] and "alpha" in records[0]
   assert os.path.isdir(os.path.join(workdir, BEST_DIR))

@@ -152,6 +152,32 @@ def test_sample_cli_is_reproducible(grown, tmp_path):
   assert code != 0 and "train first" in err
 
 
+def test_evaluate_cli_tracks_pggans_metrics_and_sampling_takes_latents(grown, tmp_path):
+  """`pggan_jax.evaluate` computes SWD and MS-SSIM of G-EMA at the checkpoint's resolution
+  (no Inception needed); `--latents` renders a sampling .npz's z again."""
+  import json
+  straight = grown[0]
+  code, stdout, err = run("pggan_jax.evaluate", f"--workdir={straight}", "--num_samples=16",
+                          "--batch_size=8", "--metrics=swd,ms_ssim")
+  assert code == 0, err[-2000:]
+  values = dict(line.split(": ") for line in stdout.splitlines())
+  assert set(values) == {"swd_16", "swd_avg", "ms_ssim"}
+  [record] = [json.loads(l) for l in open(os.path.join(straight, "evaluations.jsonl"))]
+  assert record["resolution"] == 16 and record["swd_avg"] == pytest.approx(
+      float(values["swd_avg"]))
+  code, _, err = run("pggan_jax.sample", f"--workdir={straight}", f"--out={tmp_path / 'a.npz'}",
+                     "--num_samples=3", "--seed=5")
+  assert code == 0, err[-2000:]
+  first = np.load(tmp_path / "a.npz")
+  np.savez(tmp_path / "z.npz", z=first["z"])
+  code, _, err = run("pggan_jax.sample", f"--workdir={straight}", f"--out={tmp_path / 'b.npz'}",
+                     f"--latents={tmp_path / 'z.npz'}")
+  assert code == 0, err[-2000:]
+  np.testing.assert_array_equal(np.load(tmp_path / "b.npz")["images"], first["images"])
+  code, _, err = run("biggan_jax.sample", f"--workdir={straight}", f"--out={tmp_path / 'c.npz'}")
+  assert code == 1 and "holds a 'pggan' checkpoint" in err and "Traceback" not in err
+
+
 def test_non_finite_discriminator_update_is_skipped_and_counted():
   import jax.numpy as jnp
   from gan_core import parallel
