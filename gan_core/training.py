@@ -33,6 +33,9 @@ The life of a run:
     f. checkpoints at the checkpoint cadence, at the end and on preemption.
  6. **Shutdown**: pending saves finish, everything closes, the lock is released.
     A preempted run exits cleanly; rerunning the same command continues exactly.
+ 7. **Afterwards**: `python -m <model>.sample` / `python -m <model>.evaluate`
+    (`gan_core.sampling`) read only G-EMA from a checkpoint, to draw samples (or render
+    given latents) and to measure them over every device.
 
 Cadences (`log`, `checkpoint`, `sample`, `eval`) are read by `Cadence` from one
 vocabulary: `<name>_every_steps` (iterations), `<name>_every_examples` (real images
