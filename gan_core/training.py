@@ -48,6 +48,7 @@ import dataclasses
 import json
 import os
 import resource
+import sys
 import time
 from typing import Any, Protocol
 
@@ -238,15 +239,21 @@ class _Throughput:
     steps, images = step - self.step, examples - self.examples
     self.reset(step, examples)
     left, unit = remaining
+    done = step if unit == "steps" else examples
     rate = (steps if unit == "steps" else images) / elapsed
-    return {"kimg": examples / 1000, "sec_per_iteration": elapsed / max(steps, 1),
+    return {"kimg": examples / 1000, "progress": done / max(done + left, 1),
+            "sec_per_iteration": elapsed / max(steps, 1),
             "images_per_sec": images / elapsed,
             "eta_hours": left / rate / 3600 if rate > 0 else float("inf")}
 
 
-def console_line(step: int, scalars: dict[str, float]) -> str:
-  """The short line a person reads: position, losses, D margin, speed, ETA, memory."""
+def console_line(step: int, scalars: dict[str, float], bar: bool = False) -> str:
+  """The short line a person reads: position, losses, D margin, speed, ETA, memory; with
+  `bar` (a terminal is attached) it starts with a progress bar."""
   parts = [f"step {step}", f"kimg {scalars['kimg']:.1f}"]
+  if bar and "progress" in scalars:
+    filled = int(round(20 * min(max(scalars["progress"], 0.0), 1.0)))
+    parts.insert(0, f"[{'#' * filled}{'.' * (20 - filled)}] {100 * scalars['progress']:3.0f}%")
   for key in ("resolution", "alpha"):
     if key in scalars:
       parts.append(f"{key} {scalars[key]:g}")
@@ -414,7 +421,7 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
     writer.write_scalars(step, scalars)
     if jax.process_index() == 0:
       if console:
-        print(console_line(step, scalars), flush=True)
+        print(console_line(step, scalars, bar=sys.stdout.isatty()), flush=True)
       with _best_effort(TRAIN_LOG):
         files.append_text(log_file, json.dumps({"step": step, **{
             k: (v if np.isfinite(v) else str(v)) for k, v in scalars.items()}}) + "\n")

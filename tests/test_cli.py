@@ -138,3 +138,16 @@ def test_evaluate_cli_writes_a_json_line(trained_workdir, fid_weights_path, tmp_
   assert (tmp_path / "stats" / "digits-32px-16.npz").exists()
   code, _, err = run("biggan_jax.evaluate", *args, "--inception_weights=/nonexistent.pth")
   assert code == 1 and "Traceback" not in err and "/nonexistent.pth" in err, err[-2000:]
+
+
+def test_a_run_leaves_its_config_samples_and_log(trained_workdir):
+  import json
+  config = json.loads((trained_workdir / "config.json").read_text())
+  assert config["num_train_steps"] == 2 and config["model"]["ch"] == tiny_config().model.ch
+  grids = sorted(p.name for p in (trained_workdir / "samples").iterdir())
+  assert grids and grids[-1] == "00000002_kimg000000_32x32.png"
+  records = [json.loads(l) for l in (trained_workdir / "train_log.jsonl").read_text().splitlines()]
+  assert records and records[-1]["step"] == 2 and records[-1]["progress"] == 1.0
+  assert {"kimg", "sec_per_iteration", "images_per_sec", "eta_hours", "host_peak_gb",
+          "d_loss", "g_loss", "d_margin"} <= set(records[-1])
+  assert not (trained_workdir / "run.lock").exists()
