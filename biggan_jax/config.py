@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.adam_eps = 1e-6
   c.ortho_reg = 1e-4  # Off-diagonal orthogonal regularisation strength for G; 0 disables.
   c.ema_decay = 0.9999
-  c.ema_start = 20_000  # G-EMA is a plain copy of G before this step.
+  # G-EMA is a plain copy of G before iteration ema_start (counted from 1, as
+  # BigGAN-PyTorch does: the ema_start-th update is the first that decays).
+  c.ema_start = 20_000
 
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
@@ -66,6 +68,22 @@ def base_config() -> ml_collections.ConfigDict:
   m.sn_eps = 1e-6
   m.bn_eps = 1e-5
   m.compute_dtype = "float32"  # 'bfloat16' for bf16 activations (params, stats, losses stay f32).
+  return c
+
+
+def biggan_pytorch_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The training recipe of BigGAN-PyTorch's launch scripts (`launch_BigGAN_bs256x8.sh`,
+  `launch_BigGAN_deep.sh`), for runs that continue its checkpoints: 1 D step per G step,
+  no orthogonal regularisation, batch 256 x 8 accumulations, EMA 0.9999 from iteration
+  20000. (The paper's recipe, the default, takes 2 D steps and orthogonal reg. 1e-4.)"""
+  c.num_d_steps = 1
+  c.ortho_reg = 0.0
+  c.batch_size = 2048
+  c.num_accumulations = 8
+  c.g_lr, c.d_lr = 1e-4, 4e-4
+  c.adam_b1, c.adam_b2, c.adam_eps = 0.0, 0.999, 1e-6
+  c.ema_decay, c.ema_start = 0.9999, 20_000
+  c.model.sn_eps, c.model.bn_eps = 1e-6, 1e-5
   return c
 
 

@@ -244,7 +244,9 @@ class BigGANTrainer(checkpointing.StateLayout):
 
     # G-EMA over parameters and state (BN running stats, SN vectors), as
     # BigGAN-PyTorch averages the whole state dict; a plain copy before ema_start.
-    decay = jnp.where(state.step < cfg.ema_start, 0.0, cfg.ema_decay)
+    # BigGAN-PyTorch counts iterations from 1 (train.py increments `itr` before each
+    # update) and decays when itr >= ema_start: this update is iteration step + 1.
+    decay = jnp.where(state.step + 1 < cfg.ema_start, 0.0, cfg.ema_decay)
     ema_params = ema_update(state.ema_params, g_params, decay)
     ema_state = ema_update(state.ema_state, g_state, decay)
 

@@ -100,6 +100,39 @@ def test_ema_averages_after_start(tiny):
                              rtol=1e-6)
 
 
+def test_ema_starts_decaying_at_biggan_pytorchs_iteration(tiny):
+  """BigGAN-PyTorch's train.py increments `itr` (from 0) before each update and `utils.ema`
+  decays when itr >= ema_start: with ema_start 2 the first update copies G, the second is the
+  first to average."""
+  tiny.ema_start = 2
+  tiny.ema_decay = 0.75
+  trainer = BigGANTrainer(tiny, 10, parallel.make_mesh())
+  kernel = lambda tree: np.asarray(tree["linear"]["kernel"])
+  state, _ = trainer.train_iteration(trainer.init_state(0), make_batch(trainer))
+  np.testing.assert_array_equal(kernel(state.ema_params), kernel(state.g_params))
+  ema_before = kernel(state.ema_params)
+  state, _ = trainer.train_iteration(state, make_batch(trainer, seed=1))
+  g = kernel(state.g_params)
+  assert not np.array_equal(g, ema_before)
+  np.testing.assert_allclose(kernel(state.ema_params), 0.75 * ema_before + 0.25 * g, rtol=1e-6)
+
+
+def test_biggan_pytorch_presets_reproduce_its_launch_scripts():
+  import importlib.util
+  import os
+  from conftest import REPO
+  for name, architecture in (("imagenet128", "biggan"), ("imagenet128_deep", "biggan_deep")):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config, default = module.get_config("biggan_pytorch"), module.get_config()
+    assert config.model.architecture == architecture
+    assert (config.num_d_steps, config.ortho_reg, config.batch_size, config.num_accumulations,
+            config.ema_start, config.ema_decay) == (1, 0.0, 2048, 8, 20_000, 0.9999)
+    assert (default.num_d_steps, default.ortho_reg) == (2, 1e-4)  # The paper's recipe.
+    assert config.model.to_dict() == default.model.to_dict()
+
+
 def test_bfloat16_iteration_runs_with_float32_state(tiny):
   tiny.model.compute_dtype = "bfloat16"
   trainer = BigGANTrainer(tiny, 10, parallel.make_mesh())
