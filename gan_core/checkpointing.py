@@ -283,7 +283,7 @@ def open_checkpoint(workdir: str, step: int | None, train_command: str
   For tools that read a finished or running training (sampling); `train_command` is
   named in the error when the workdir has no checkpoints yet.
   """
-  directory = os.path.join(workdir, "checkpoints")
+  directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoints in {directory!r}: train first with "
                           f"`{train_command} --config=... --workdir=...`")

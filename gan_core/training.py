@@ -270,11 +270,11 @@ def console_line(step: int, scalars: dict[str, float], bar: bool = False) -> str
   return " | ".join(parts)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_config(resolved: dict[str, Any], workdir: str) -> None:
   """WORKDIR/config.json: the resolved config, human-readable (process 0)."""
   if jax.process_index() == 0:
     files.makedirs(workdir)
-    text = json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+    text = json.dumps(resolved, indent=2, sort_keys=True)
     files.write_bytes(os.path.join(workdir, "config.json"), (text + "\n").encode())
 
 
@@ -333,10 +333,11 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
                                            config.max_to_keep,
                                            keep_every_steps=config.keep_checkpoint_every_steps)
   guard = Guard(config.guard)
+  resolved_config = json.loads(config.to_json_best_effort())
 
   def meta(step: int, examples: int, plan_position: int) -> dict[str, Any]:
     plan = task.plan(plan_position)
-    return {"step": step, "config": json.loads(config.to_json_best_effort()),
+    return {"step": step, "config": resolved_config,
             **task.fingerprint(), "data_position": examples, "images_seen": examples,
             "plan_position": plan_position, "resolution": plan.resolution,
             **dict(plan.info), "rollbacks": guard.rollbacks}
@@ -351,7 +352,7 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
 
   resumed = checkpoints.restore_newest_readable(
       task.abstract_state(), lambda saved, at: checkpointing.check_compatible(
-          saved, {"config": json.loads(config.to_json_best_effort()), **task.fingerprint()},
+          saved, {"config": resolved_config, **task.fingerprint()},
           checkpoints.directory, at))
   if resumed is not None:
     latest, state, saved_meta = resumed
@@ -363,7 +364,7 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
     state, plan_position = task.init_state(config.seed), None
   step, examples = task.position(state)
 
-  write_config(config, workdir)
+  write_config(resolved_config, workdir)
   writer = monitoring.create_writer(workdir)
   if step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, "items")})
