@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -118,7 +119,8 @@ class Checkpointer:
 
   def _write_failure(self, step: int | None, error: Exception) -> str:
     kept = self.all_steps()
-    reason = first_line(error)
+    # TensorStore adds its driver spec (a long JSON) to the message; drop it.
+    reason = re.sub(r"\s*\[tensorstore_spec='.*?'\]", "", first_line(error))
     if len(reason) > 400:  # TensorStore messages are long; the OS's reason comes last.
       reason = reason[:200] + " ... " + reason[-180:]
     return (f"writing checkpoint {'' if step is None else f'{step} '}to {self.directory!r} failed "
