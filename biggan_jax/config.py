@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.d_attention = (64,)
   m.num_classes = 1000  # 0: take it from the dataset.
   m.sn_eps = 1e-6
-  m.bn_eps = 1e-5
+  m.bn_eps = 1e-5  # Of the conditional BNs; G's output BN always uses 1e-5 (BigGAN-PyTorch).
   m.compute_dtype = "float32"  # 'bfloat16' for bf16 activations (params, stats, losses stay f32).
   return c
 

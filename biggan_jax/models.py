@@ -138,9 +138,14 @@ class Discriminator(nn.Module):
     return _projection_head(h, y, self.num_classes, self.sn_eps)
 
 
+# BigGAN-PyTorch builds G's output BN with eps 1e-5 whatever its BN_eps (which only reaches
+# the conditional BNs); so do we, so that its checkpoints import exactly.
+OUTPUT_BN_EPS = 1e-5
+
+
 def _generator_output(g: nn.Module, h: jax.Array, train: bool) -> jax.Array:
   """BN -> ReLU -> 3x3 SN conv to RGB -> tanh (float32), created inside `g`'s scope."""
-  h = nn.relu(BatchNorm(g.bn_eps, g.bn_momentum, g.dtype, name="output_bn")(h, not train))
+  h = nn.relu(BatchNorm(OUTPUT_BN_EPS, g.bn_momentum, g.dtype, name="output_bn")(h, not train))
   h = SNConv(3, 3, sn_eps=g.sn_eps, dtype=g.dtype, name="output_conv")(h)
   return jnp.tanh(h.astype(jnp.float32))
 

@@ -311,6 +311,17 @@ def best_logged(workdir: str, metric: str = "fid") -> float:
   return best
 
 
+def checkpoint_meta(task: Task, resolved_config: dict[str, Any], step: int, examples: int,
+                    plan_position: int, rollbacks: int = 0) -> dict[str, Any]:
+  """The `meta` item saved beside a train state: what resuming, sampling and the
+  compatibility check read (also written by tools that create checkpoints, e.g. imports)."""
+  plan = task.plan(plan_position)
+  return {"step": step, "config": resolved_config,
+          **task.fingerprint(), "data_position": examples, "images_seen": examples,
+          "plan_position": plan_position, "resolution": plan.resolution,
+          **dict(plan.info), "rollbacks": rollbacks}
+
+
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str,
           max_iterations: int | None = None) -> Any:
   """Trains `task` until it is finished, resuming from `workdir`; returns the final state.
@@ -336,11 +347,8 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
   resolved_config = json.loads(config.to_json_best_effort())
 
   def meta(step: int, examples: int, plan_position: int) -> dict[str, Any]:
-    plan = task.plan(plan_position)
-    return {"step": step, "config": resolved_config,
-            **task.fingerprint(), "data_position": examples, "images_seen": examples,
-            "plan_position": plan_position, "resolution": plan.resolution,
-            **dict(plan.info), "rollbacks": guard.rollbacks}
+    return checkpoint_meta(task, resolved_config, step, examples, plan_position,
+                           guard.rollbacks)
 
   def restore(at_step: int | None) -> tuple[Any, int | None]:
     """The state of checkpoint `at_step` (None: the initial state) and its plan position."""

@@ -41,7 +41,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["UnsafePickleError", "WeightFileError", "load", "load_state_dict", "save_state_dict"]
+__all__ = ["UnsafePickleError", "WeightFileError", "load", "load_state_dict", "save",
+           "save_state_dict"]
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -225,10 +226,49 @@ def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> An
   return data
 
 
+class _NumpyDtype:
+  """Stands in for `numpy.dtype` of a plain number type (the dtype of a pickled NumPy scalar,
+  e.g. a best score that a training script saved as `np.float64`)."""
+
+  def __init__(self, name: Any, align: Any = False, copy: Any = True):
+    if not isinstance(name, str) or name.lstrip("<>=|") not in _NUMPY_SCALAR_CODES:
+      raise UnsafePickleError(f"numpy.dtype({name!r}) is not a plain number type; refused")
+    self.dtype = np.dtype(name)
+
+  def __setstate__(self, state: Any) -> None:
+    if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+      self.dtype = self.dtype.newbyteorder(state[1])
+
+
+_NUMPY_SCALAR_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8",
+                                 "b1"})
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+  """Stands in for `numpy.core.multiarray.scalar`: the Python number of a NumPy scalar."""
+  if not isinstance(dtype, _NumpyDtype) or not isinstance(data, bytes) \
+      or len(data) != dtype.dtype.itemsize:
+    raise UnsafePickleError("a NumPy scalar that is not a plain number; refused")
+  return np.frombuffer(data, dtype.dtype)[0].item()
+
+
+def _latin1_bytes(text: Any, encoding: Any = "utf-8") -> bytes:
+  """Stands in for `_codecs.encode`, which protocol-2 pickles use to write bytes objects."""
+  if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+    raise UnsafePickleError("_codecs.encode with other than (str, 'latin1'); refused")
+  return text.encode("latin1")
+
+
 def _allowed_global(module: str, name: str) -> Any:
   """What a permitted global stands for, or None when it is not permitted."""
   if module == "collections" and name == "OrderedDict":
     return collections.OrderedDict
+  if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+    return _numpy_scalar
+  if module == "numpy" and name == "dtype":
+    return _NumpyDtype
+  if module == "_codecs" and name == "encode":  # How protocol 2 spells bytes.
+    return _latin1_bytes
   if module == "torch._utils":
     return {
         "_rebuild_tensor_v2": _rebuild_tensor_v2,
@@ -534,6 +574,74 @@ def _pickle_int_tuple(values: tuple[int, ...]) -> bytes:
   return b"(" + b"".join(_pickle_int(v) for v in values) + b"t"
 
 
+def _pickle_tensor(value: np.ndarray, blobs: list[tuple[str, bytes]], where: str) -> list[bytes]:
+  array = np.array(value, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
+  if array.dtype not in _DTYPE_STORAGES:
+    raise ValueError(f"{where} has dtype {array.dtype}, which has no torch storage here")
+  array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+  strides = tuple(s // array.itemsize for s in array.strides) if array.ndim else ()
+  storage = _DTYPE_STORAGES[array.dtype]
+  key = str(len(blobs))
+  blobs.append((key, array.tobytes()))
+  return [b"ctorch._utils\n_rebuild_tensor_v2\n(",
+          b"(", _pickle_unicode("storage"), f"ctorch\n{storage}\n".encode(),
+          _pickle_unicode(key), _pickle_unicode("cpu"), _pickle_int(array.size), b"tQ",
+          _pickle_int(0), _pickle_int_tuple(array.shape), _pickle_int_tuple(strides),
+          b"\x89ccollections\nOrderedDict\n)Rt", b"R"]
+
+
+def _pickle_object(obj: Any, blobs: list[tuple[str, bytes]], where: str) -> list[bytes]:
+  """Protocol-2 opcodes for plain data: dicts, lists, tuples, str, int, float, bool, None and
+  NumPy arrays (as tensors). Nothing is memoised; shared objects are written twice."""
+  if obj is None:
+    return [b"N"]
+  if obj is True or obj is False:
+    return [b"\x88" if obj else b"\x89"]
+  if isinstance(obj, (np.ndarray, np.generic)):
+    return _pickle_tensor(obj, blobs, where)
+  if isinstance(obj, int):
+    if -2**31 <= obj < 2**31:
+      return [_pickle_int(obj)]
+    data = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+    return [b"\x8a" + bytes([len(data)]) + data]
+  if isinstance(obj, float):
+    return [b"G" + struct.pack(">d", obj)]
+  if isinstance(obj, str):
+    return [_pickle_unicode(obj)]
+  if isinstance(obj, tuple):
+    return [b"("] + [p for v in obj for p in _pickle_object(v, blobs, where)] + [b"t"]
+  if isinstance(obj, list):
+    parts = [b"]"]
+    if obj:
+      parts += [b"("] + [p for v in obj for p in _pickle_object(v, blobs, where)] + [b"e"]
+    return parts
+  if isinstance(obj, dict):
+    parts = [b"ccollections\nOrderedDict\n)R" if isinstance(obj, collections.OrderedDict)
+             else b"}"]
+    if obj:
+      parts.append(b"(")
+      for key, value in obj.items():
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+          raise ValueError(f"{where}: dict key {key!r} is not a str or int")
+        parts += _pickle_object(key, blobs, where)
+        parts += _pickle_object(value, blobs, f"{where}[{key!r}]")
+      parts.append(b"u")
+    return parts
+  raise ValueError(f"{where} is a {type(obj).__name__}; only plain data and arrays are written")
+
+
+def save(path: str | os.PathLike[str], obj: Any) -> None:
+  """Writes plain data with NumPy arrays as tensors, as a zip-format `.pth` that
+  `torch.load(path, weights_only=True)` and `load` read: a state dict, an optimizer
+  state dict, a dict of counters. Written without PyTorch; only the globals `load`
+  accepts appear in the pickle."""
+  path = os.fspath(path)
+  prefix = os.path.splitext(os.path.basename(path))[0] or "archive"
+  blobs: list[tuple[str, bytes]] = []
+  parts = [b"\x80\x02"] + _pickle_object(obj, blobs, "the object") + [b"."]
+  _write_zip(path, prefix, b"".join(parts), blobs)
+
+
 def save_state_dict(path: str | os.PathLike[str], state_dict: dict[str, np.ndarray]) -> None:
   """Writes `{name: array}` as a zip-format `.pth` file that `torch.load` reads.
 
@@ -544,25 +652,16 @@ def save_state_dict(path: str | os.PathLike[str], state_dict: dict[str, np.ndarr
   path = os.fspath(path)
   prefix = os.path.splitext(os.path.basename(path))[0] or "archive"
   parts = [b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01("]
-  blobs = []
-  for index, (name, value) in enumerate(state_dict.items()):
-    array = np.array(value, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
-    if array.dtype not in _DTYPE_STORAGES:
-      raise ValueError(f"save_state_dict: {name!r} has dtype {array.dtype}, which has no torch "
-                       "storage here")
-    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    strides = tuple(s // array.itemsize for s in array.strides) if array.ndim else ()
-    storage = _DTYPE_STORAGES[array.dtype]
-    key = str(index)
-    parts += [_pickle_unicode(name), b"ctorch._utils\n_rebuild_tensor_v2\n(",
-              b"(", _pickle_unicode("storage"), f"ctorch\n{storage}\n".encode(),
-              _pickle_unicode(key), _pickle_unicode("cpu"), _pickle_int(array.size), b"tQ",
-              _pickle_int(0), _pickle_int_tuple(array.shape), _pickle_int_tuple(strides),
-              b"\x89ccollections\nOrderedDict\n)Rt", b"R"]
-    blobs.append((key, array.tobytes()))
+  blobs: list[tuple[str, bytes]] = []
+  for name, value in state_dict.items():
+    parts += [_pickle_unicode(name)] + _pickle_tensor(value, blobs, f"save_state_dict: {name!r}")
   parts.append(b"u.")
+  _write_zip(path, prefix, b"".join(parts), blobs)
+
+
+def _write_zip(path: str, prefix: str, pickled: bytes, blobs: list[tuple[str, bytes]]) -> None:
   with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-    archive.writestr(f"{prefix}/data.pkl", b"".join(parts))
+    archive.writestr(f"{prefix}/data.pkl", pickled)
     archive.writestr(f"{prefix}/byteorder", "little")
     for key, data in blobs:
       archive.writestr(f"{prefix}/data/{key}", data)
