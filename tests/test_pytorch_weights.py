@@ -420,3 +420,32 @@ def test_biggan_pytorch_checkpoint_imports_exactly(deep, tmp_path):
       assert float(loaded[index]["step"]) == float(per["step"])
       assert torch.equal(loaded[index]["exp_avg"], per["exp_avg"])
       assert torch.equal(loaded[index]["exp_avg_sq"], per["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("config_name", ["imagenet128", "imagenet256", "imagenet512",
+                                         "imagenet128_deep", "imagenet256_deep"])
+def test_every_resolution_preset_has_the_reference_layout(config_name):
+  """Names and shapes of the reference modules' state dicts, at each preset's settings
+  (width 8). BigGAN-PyTorch has no 512 D, nor a 512 BigGAN-deep."""
+  torch, BigGAN, BigGANdeep, _ = _reference_modules()
+  config = load_config(config_name)
+  m = config.model
+  m.ch = 8
+  deep = m.architecture == "biggan_deep"
+  family = BigGANdeep if deep else BigGAN
+  _, g_template, d_template = _templates(config)
+  attn = lambda resolutions: "_".join(str(r) for r in resolutions) or "0"
+  kw = dict(resolution=m.resolution, n_classes=m.num_classes, dim_z=m.dim_z,
+            shared_dim=m.shared_dim, hier=True, G_attn=attn(m.g_attention),
+            D_attn=attn(m.d_attention), skip_init=True, no_optim=True)
+  if deep:
+    kw.update(G_depth=m.depth, D_depth=m.depth)
+  modules = [("G", family.Generator(G_ch=m.ch, **kw), pw.generator_layout(m), g_template)]
+  if m.resolution in (32, 64, 128, 256):
+    modules.append(("D", family.Discriminator(D_ch=m.ch, **kw), pw.discriminator_layout(m),
+                    d_template))
+  for which, module, layout, template in modules:
+    reference = [(name, tuple(t.shape)) for name, t in module.state_dict().items()]
+    ours = [(e.torch_name, pw.torch_shape(e.kind, tuple(
+        pw._get(template, (e.collection,) + e.path).shape))) for e in layout]
+    assert ours == reference, which
