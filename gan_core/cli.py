@@ -103,7 +103,7 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
     load_train()(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
+    print_error(e)
     sys.exit(1)
 
 
@@ -117,6 +117,15 @@ def training_main(dry_run: Callable, train_module: str) -> Callable[[list[str]],
   return main
 
 
+def print_error(error: BaseException) -> None:
+  """The `error: ...` line, written whole on a line of its own: background threads of the
+  checkpoint library may still be printing (e.g. after a failed write), and their output
+  must not run into this line."""
+  sys.stderr.flush()
+  sys.stderr.write(f"\nerror: {error}\n")
+  sys.stderr.flush()
+
+
 def run_app(main: Callable) -> None:
   """absl app.run with the clear config-override errors; an error the user can fix
   (`UserError`) is one `error:` line and exit status 1; Ctrl-C exits 130."""
@@ -127,7 +136,7 @@ def run_app(main: Callable) -> None:
     try:
       main(argv)
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print_error(e)
       sys.exit(1)
 
   try:
