@@ -12,7 +12,6 @@ of ours back as those six files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -28,6 +27,7 @@ from biggan_jax.train import BigGANTask, TrainState
 from gan_core import checkpointing, files, parallel, training
 from gan_core.errors import UserError
 from gan_core.eval import torch_pickle
+from gan_core.eval.weights import sha256_of_file
 
 FILES = ("G", "D", "G_ema", "G_optim", "D_optim", "state_dict")
 PROVENANCE_FILE = "imported.json"
@@ -125,17 +125,9 @@ class ImportResult:
   d_parameters: int
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _read(path: str, what: str) -> Any:
+def _read(path: str, what: str, reader=torch_pickle.load) -> Any:
   try:
-    return torch_pickle.load(path)
+    return reader(path)
   except torch_pickle.UnsafePickleError as e:
     raise pw.WeightImportError(f"{path}: refused, it is not plain tensor data ({e})") from e
   except torch_pickle.WeightFileError as e:
@@ -143,12 +135,8 @@ def _read(path: str, what: str) -> Any:
 
 
 def _read_tensors(path: str, what: str) -> dict[str, np.ndarray]:
-  obj = _read(path, what)
-  if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-    obj = obj["state_dict"]
-  if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-    raise pw.WeightImportError(f"{path} is not a module state dict (name -> tensor)")
-  return obj
+  """A module state dict (name -> tensor)."""
+  return _read(path, what, torch_pickle.load_state_dict)
 
 
 def _variables_split(variables: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -244,10 +232,9 @@ def import_biggan_pytorch(weights_dir: str, config: ml_collections.ConfigDict, w
                                       os.path.basename(generator_file))
   g_params, g_state = _variables_split(generator)
   if ema_only:
-    init = trainer.init_state(config.seed)
-    ema_params, ema_state = g_params, g_state
-    state = init.replace(step=np.asarray(step, np.int32), g_params=g_params, g_state=g_state,
-                         ema_params=ema_params, ema_state=ema_state)
+    state = trainer.init_state(config.seed).replace(
+        step=np.asarray(step, np.int32), g_params=g_params, g_state=g_state,
+        ema_params=g_params, ema_state=g_state)
   else:
     if "G_ema" in used:
       ema = pw.variables_from_torch(g_layout, _read_tensors(used["G_ema"], "G_ema.pth"),
@@ -288,7 +275,7 @@ def import_biggan_pytorch(weights_dir: str, config: ml_collections.ConfigDict, w
   finally:
     checkpoints.close()
   provenance = {**meta["imported_from"],
-                "sha256": {os.path.basename(p): _sha256(p) for p in used.values()},
+                "sha256": {os.path.basename(p): sha256_of_file(p) for p in used.values()},
                 "state_dict": {k: v for k, v in state_dict.items() if k != "config"},
                 "config_differences": recipe_diffs}
   files.write_bytes(os.path.join(workdir, PROVENANCE_FILE),

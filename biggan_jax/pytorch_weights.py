@@ -19,7 +19,6 @@ Conversions (PyTorch -> ours; export inverts them):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -361,6 +360,3 @@ def adam_to_torch(layout: list[Entry], count: int, mu: Mapping[str, Any], nu: Ma
            "params": list(range(len(entries)))}
   return {"state": state, "param_groups": [group]}
 
-
-def count_parameters(layout: list[Entry], tensors: Mapping[str, np.ndarray]) -> int:
-  return sum(math.prod(np.shape(tensors[e.torch_name])) for e in parameter_entries(layout))

@@ -649,14 +649,8 @@ def save_state_dict(path: str | os.PathLike[str], state_dict: dict[str, np.ndarr
   Written without PyTorch; used to build test weight files and to export arrays
   for the PyTorch tools. The pickle holds only the globals `load` accepts.
   """
-  path = os.fspath(path)
-  prefix = os.path.splitext(os.path.basename(path))[0] or "archive"
-  parts = [b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01("]
-  blobs: list[tuple[str, bytes]] = []
-  for name, value in state_dict.items():
-    parts += [_pickle_unicode(name)] + _pickle_tensor(value, blobs, f"save_state_dict: {name!r}")
-  parts.append(b"u.")
-  _write_zip(path, prefix, b"".join(parts), blobs)
+  save(path, collections.OrderedDict((name, np.asarray(value))
+                                    for name, value in state_dict.items()))
 
 
 def _write_zip(path: str, prefix: str, pickled: bytes, blobs: list[tuple[str, bytes]]) -> None:
