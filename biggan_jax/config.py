@@ -66,7 +66,15 @@ def base_config() -> ml_collections.ConfigDict:
   m.d_attention = (64,)
   m.num_classes = 1000  # 0: take it from the dataset.
   m.sn_eps = 1e-6
-  m.bn_eps = 1e-5  # Of the conditional BNs; G's output BN always uses 1e-5 (BigGAN-PyTorch).
+  m.bn_eps = 1e-5  # Of the conditional BNs.
+  m.output_bn_eps = 1e-5  # Of G's output BN: BigGAN-PyTorch's is 1e-5 whatever its BN_eps.
+  # The TF-Hub BigGAN-deep generators' evaluation (configs/imagenet*_deep.py:tfhub, see
+  # biggan_jax/layers.py): 'stored' divides by the imported sigma without a power iteration
+  # (torch spectral_norm) instead of one power iteration (BigGAN-PyTorch); > 0 keeps this many
+  # rows of G's BN statistics, one per truncation value, read at the sampling truncation.
+  # Such a generator samples and evaluates but does not train.
+  m.sn_eval = "power_iteration"
+  m.truncation_bn_stats = 0
   m.compute_dtype = "float32"  # 'bfloat16' for bf16 activations (params, stats, losses stay f32).
   return c
 
@@ -84,6 +92,23 @@ def biggan_pytorch_recipe(c: ml_collections.ConfigDict) -> ml_collections.Config
   c.adam_b1, c.adam_b2, c.adam_eps = 0.0, 0.999, 1e-6
   c.ema_decay, c.ema_start = 0.9999, 20_000
   c.model.sn_eps, c.model.bn_eps = 1e-6, 1e-5
+  return c
+
+
+def tfhub_deep_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The TF-Hub BigGAN-deep generators (`biggan-deep-128/256/512`, as ported by the PyPI
+  package `pytorch-pretrained-biggan`), for `python -m biggan_jax.import_weights
+  --from=tfhub_biggan_deep`: ch 128, z 128, 1000 classes, BN and SN eps 1e-4 (the output
+  BN's too), torch spectral_norm's stored sigma, BN statistics for 51 truncation values.
+  Sampling and evaluation only: no discriminator or optimizer state was released."""
+  deep_model(c)
+  m = c.model
+  m.num_classes = 1000
+  m.shared_dim = 128
+  m.depth = 2
+  m.bn_eps = m.output_bn_eps = m.sn_eps = 1e-4
+  m.sn_eval = "stored"
+  m.truncation_bn_stats = 51
   return c
 
 

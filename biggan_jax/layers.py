@@ -14,6 +14,20 @@ Layouts are NHWC; kernels are HWIO. Conventions follow BigGAN-PyTorch:
   that collection is mutable (momentum 0.1, unbiased variance, as in PyTorch).
 * Spectral norm, batch-norm statistics and softmax run in float32 whatever the
   compute `dtype`.
+
+Two options serve the TF-Hub BigGAN-deep generators (imported through
+`pytorch-pretrained-biggan`'s layout; see biggan_jax/tfhub_weights.py), whose graph
+differs from BigGAN-PyTorch's in evaluation:
+
+* `sn_eval='stored'`: outside training (the `spectral` collection immutable) the
+  stored `sigma` divides the weight, with no power iteration, as
+  `torch.nn.utils.spectral_norm` evaluates (sigma = u . W v from its stored u, v).
+  The default, 'power_iteration', runs one power iteration without storing it, as
+  BigGAN-PyTorch's SN layers do in eval mode.
+* `truncation_stats=N`: the running statistics are N rows, one per truncation value
+  0, 1/(N-1), ..., 1, and evaluation reads them at the (static) truncation the way the
+  TF-Hub module does (`truncation_statistics`). Training normalises with batch
+  statistics and updates nothing: the modules ship no rule to update them.
 """
 from __future__ import annotations
 
@@ -47,13 +61,19 @@ def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x), eps)
 
 
-def spectral_normalize(module: nn.Module, weight_matrix: jax.Array, eps: float) -> jax.Array:
+SN_EVAL_MODES = ("power_iteration", "stored")
+
+
+def spectral_normalize(module: nn.Module, weight_matrix: jax.Array, eps: float,
+                       eval_mode: str = "power_iteration") -> jax.Array:
   """Returns sigma, the power-iteration estimate of the largest singular value.
 
   `weight_matrix` is (outputs, inputs), the layout whose rows BigGAN-PyTorch's
   `u` vector indexes. One power iteration per call; `u` and `sigma` are stored
   in the `spectral` collection when it is mutable (and not at init). Gradients
   flow through the weight only, as in the paper (u and v are constants).
+  With `eval_mode='stored'` and the collection immutable, the stored sigma is
+  returned instead (torch.nn.utils.spectral_norm's evaluation).
   """
   weight_matrix = weight_matrix.astype(jnp.float32)
   num_outputs = weight_matrix.shape[0]
@@ -61,6 +81,11 @@ def spectral_normalize(module: nn.Module, weight_matrix: jax.Array, eps: float) 
                           lambda: jax.random.normal(module.make_rng("params"), (num_outputs,),
                                                     jnp.float32))
   sigma_var = module.variable(SPECTRAL, "sigma", lambda: jnp.ones((), jnp.float32))
+  if eval_mode not in SN_EVAL_MODES:
+    raise ValueError(f"sn_eval={eval_mode!r}: choose one of {SN_EVAL_MODES}")
+  if (eval_mode == "stored" and not module.is_mutable_collection(SPECTRAL)
+      and not module.is_initializing()):
+    return sigma_var.value
   w_const = jax.lax.stop_gradient(weight_matrix)
   v = _l2_normalize(u_var.value @ w_const, eps)
   u = _l2_normalize(w_const @ v, eps)
@@ -77,12 +102,13 @@ class SNDense(nn.Module):
   use_bias: bool = True
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  sn_eval: str = "power_iteration"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
     kernel = self.param("kernel", orthogonal_init, (fan_in, self.features), jnp.float32)
-    sigma = spectral_normalize(self, kernel.T, self.sn_eps)
+    sigma = spectral_normalize(self, kernel.T, self.sn_eps, self.sn_eval)
     kernel = (kernel / sigma).astype(self.dtype)
     y = jnp.dot(x.astype(self.dtype), kernel)
     if self.use_bias:
@@ -98,12 +124,14 @@ class SNConv(nn.Module):
   use_bias: bool = True
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  sn_eval: str = "power_iteration"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k, fan_in = self.kernel_size, x.shape[-1]
     kernel = self.param("kernel", orthogonal_init, (k, k, fan_in, self.features), jnp.float32)
-    sigma = spectral_normalize(self, kernel.reshape(-1, self.features).T, self.sn_eps)
+    sigma = spectral_normalize(self, kernel.reshape(-1, self.features).T, self.sn_eps,
+                               self.sn_eval)
     kernel = (kernel / sigma).astype(self.dtype)
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -128,6 +156,28 @@ class SNEmbed(nn.Module):
     return jnp.take(table / sigma, labels, axis=0)
 
 
+def truncation_statistics(means: jax.Array, variances: jax.Array, truncation: float | None
+                          ) -> tuple[jax.Array, jax.Array]:
+  """The TF-Hub BigGAN-deep modules' statistics at `truncation` from N stored rows (for
+  truncation 0, 1/(N-1), ..., 1), computed as `pytorch-pretrained-biggan` does: with
+  `coef, i = modf(truncation * (N-1))` (in double precision, through its step 1/(N-1)),
+  row i when coef is 0, else `row[i] * coef + row[i+1] * (1 - coef)`. (These weights are
+  the reverse of a linear interpolation's; it is the module's behaviour, which the import
+  must reproduce.)"""
+  num = means.shape[0]
+  if truncation is None:
+    raise ValueError("these batch norms keep statistics per truncation value; pass the "
+                     "truncation (0 < t <= 1) to the generator")
+  if not 0.0 < truncation <= 1.0:
+    raise ValueError(f"truncation {truncation} outside (0, 1], the range the statistics cover")
+  coef, index = math.modf(truncation / (1.0 / (num - 1)))
+  index = int(index)
+  if coef == 0.0 or index + 1 >= num:
+    return means[index], variances[index]
+  return (means[index] * coef + means[index + 1] * (1.0 - coef),
+          variances[index] * coef + variances[index + 1] * (1.0 - coef))
+
+
 class BatchStatistics(nn.Module):
   """Affine-free batch normalisation: returns (x - mean) / sqrt(var + eps) in float32.
 
@@ -135,24 +185,32 @@ class BatchStatistics(nn.Module):
   when `batch_stats` is mutable, updates the running averages
   (`running = (1 - momentum) * running + momentum * batch`, unbiased variance),
   exactly as torch.nn.functional.batch_norm does. momentum=1 makes the running
-  values equal the last batch's, which standing statistics use.
+  values equal the last batch's, which standing statistics use. With
+  `truncation_stats` N > 0 the running values are N rows read at `truncation`
+  (see the module docstring) and never updated.
   """
   eps: float = 1e-5
   momentum: float = 0.1
+  truncation_stats: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool,
+               truncation: float | None = None) -> jax.Array:
     channels = x.shape[-1]
-    running_mean = self.variable(BATCH_STATS, "mean", jnp.zeros, (channels,), jnp.float32)
-    running_var = self.variable(BATCH_STATS, "var", jnp.ones, (channels,), jnp.float32)
+    shape = (self.truncation_stats, channels) if self.truncation_stats else (channels,)
+    running_mean = self.variable(BATCH_STATS, "mean", jnp.zeros, shape, jnp.float32)
+    running_var = self.variable(BATCH_STATS, "var", jnp.ones, shape, jnp.float32)
     x = x.astype(jnp.float32)
-    if use_running_average:
+    if use_running_average and self.truncation_stats:
+      mean, var = truncation_statistics(running_mean.value, running_var.value, truncation)
+    elif use_running_average:
       mean, var = running_mean.value, running_var.value
     else:
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x, axes)
       var = jnp.mean(jnp.square(x - mean), axes)
-      if self.is_mutable_collection(BATCH_STATS) and not self.is_initializing():
+      if (self.is_mutable_collection(BATCH_STATS) and not self.is_initializing()
+          and not self.truncation_stats):
         count = math.prod(x.shape[:-1])
         unbiased = var * (count / max(count - 1, 1))
         running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
@@ -165,11 +223,14 @@ class BatchNorm(nn.Module):
   eps: float = 1e-5
   momentum: float = 0.1
   dtype: Dtype = jnp.float32
+  truncation_stats: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool,
+               truncation: float | None = None) -> jax.Array:
     channels = x.shape[-1]
-    normed = BatchStatistics(self.eps, self.momentum, name="stats")(x, use_running_average)
+    normed = BatchStatistics(self.eps, self.momentum, self.truncation_stats,
+                             name="stats")(x, use_running_average, truncation)
     gain = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     return (normed * gain + bias).astype(self.dtype)
@@ -186,13 +247,19 @@ class ConditionalBatchNorm(nn.Module):
   momentum: float = 0.1
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  truncation_stats: int = 0
+  sn_eval: str = "power_iteration"
 
   @nn.compact
-  def __call__(self, x: jax.Array, cond: jax.Array, use_running_average: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, cond: jax.Array, use_running_average: bool,
+               truncation: float | None = None) -> jax.Array:
     channels = x.shape[-1]
-    normed = BatchStatistics(self.eps, self.momentum, name="stats")(x, use_running_average)
-    gain = SNDense(channels, use_bias=False, sn_eps=self.sn_eps, name="gain")(cond)
-    bias = SNDense(channels, use_bias=False, sn_eps=self.sn_eps, name="bias")(cond)
+    normed = BatchStatistics(self.eps, self.momentum, self.truncation_stats,
+                             name="stats")(x, use_running_average, truncation)
+    dense = lambda name: SNDense(channels, use_bias=False, sn_eps=self.sn_eps,
+                                 sn_eval=self.sn_eval, name=name)
+    gain = dense("gain")(cond)
+    bias = dense("bias")(cond)
     gain = gain.astype(jnp.float32)[:, None, None, :]
     bias = bias.astype(jnp.float32)[:, None, None, :]
     return (normed * (1.0 + gain) + bias).astype(self.dtype)
@@ -218,12 +285,13 @@ class SelfAttention(nn.Module):
   """
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  sn_eval: str = "power_iteration"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     conv = lambda feats, name: SNConv(feats, 1, use_bias=False, sn_eps=self.sn_eps,
-                                      dtype=self.dtype, name=name)
+                                      dtype=self.dtype, sn_eval=self.sn_eval, name=name)
     theta = conv(c // 8, "theta")(x).reshape(n, h * w, c // 8)
     phi = max_pool(conv(c // 8, "phi")(x)).reshape(n, h * w // 4, c // 8)
     g = max_pool(conv(c // 2, "g")(x)).reshape(n, h * w // 4, c // 2)
@@ -275,24 +343,29 @@ class GBlockDeep(nn.Module):
   bn_momentum: float = 0.1
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  truncation_stats: int = 0
+  sn_eval: str = "power_iteration"
 
   @nn.compact
-  def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
-    cbn = lambda name: ConditionalBatchNorm(self.bn_eps, self.bn_momentum, self.sn_eps,
-                                            self.dtype, name=name)
+  def __call__(self, x: jax.Array, cond: jax.Array, train: bool,
+               truncation: float | None = None) -> jax.Array:
+    def cbn(name):
+      layer = ConditionalBatchNorm(self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
+                                   self.truncation_stats, self.sn_eval, name=name)
+      return lambda h: layer(h, cond, not train, truncation)
     conv = lambda feats, k, name: SNConv(feats, k, sn_eps=self.sn_eps, dtype=self.dtype,
-                                         name=name)
+                                         sn_eval=self.sn_eval, name=name)
     in_channels = x.shape[-1]
     hidden = in_channels // self.channel_ratio
-    h = conv(hidden, 1, "conv1")(nn.relu(cbn("bn1")(x, cond, not train)))
-    h = nn.relu(cbn("bn2")(h, cond, not train))
+    h = conv(hidden, 1, "conv1")(nn.relu(cbn("bn1")(x)))
+    h = nn.relu(cbn("bn2")(h))
     if in_channels != self.out_channels:
       x = x[..., :self.out_channels]
     if self.upsample:
       h, x = upsample_nearest(h), upsample_nearest(x)
     h = conv(hidden, 3, "conv2")(h)
-    h = conv(hidden, 3, "conv3")(nn.relu(cbn("bn3")(h, cond, not train)))
-    h = conv(self.out_channels, 1, "conv4")(nn.relu(cbn("bn4")(h, cond, not train)))
+    h = conv(hidden, 3, "conv3")(nn.relu(cbn("bn3")(h)))
+    h = conv(self.out_channels, 1, "conv4")(nn.relu(cbn("bn4")(h)))
     return h + x
 
 

@@ -12,8 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biggan_jax.layers import (BatchNorm, DBlock, DBlockDeep, GBlock, GBlockDeep, SelfAttention,
-                               SNConv, SNDense, SNEmbed, orthogonal_init)
+from biggan_jax.layers import (SN_EVAL_MODES, BatchNorm, DBlock, DBlockDeep, GBlock, GBlockDeep,
+                               SelfAttention, SNConv, SNDense, SNEmbed, orthogonal_init)
 from gan_core.errors import ConfigError
 
 Dtype = Any
@@ -44,6 +44,10 @@ D_DEEP_ARCH = {
     512: ((1, 1, 2, 4, 8, 8, 16), (1, 2, 4, 8, 8, 16, 16), (True,) * 7),
 }
 BOTTOM_WIDTH = 4
+# BigGAN-PyTorch builds G's output BN with eps 1e-5 whatever its BN_eps (which only reaches
+# the conditional BNs); so do we by default (`model.output_bn_eps`), so that its checkpoints
+# import exactly. The TF-Hub BigGAN-deep modules use 1e-4 there as everywhere.
+OUTPUT_BN_EPS = 1e-5
 
 
 def _check_resolution(resolution: int) -> None:
@@ -78,13 +82,16 @@ class Generator(nn.Module):
   bn_momentum: float = 0.1
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  output_bn_eps: float = OUTPUT_BN_EPS
 
   @property
   def num_blocks(self) -> int:
     return len(G_ARCH[self.resolution][0])
 
   @nn.compact
-  def __call__(self, z: jax.Array, y: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z: jax.Array, y: jax.Array, train: bool = True,
+               truncation: float | None = None) -> jax.Array:
+    del truncation  # Only the TF-Hub BigGAN-deep variant's statistics depend on it.
     _check_resolution(self.resolution)
     in_mults, out_mults = G_ARCH[self.resolution]
     shared = nn.Embed(self.num_classes, self.shared_dim, embedding_init=orthogonal_init,
@@ -138,15 +145,14 @@ class Discriminator(nn.Module):
     return _projection_head(h, y, self.num_classes, self.sn_eps)
 
 
-# BigGAN-PyTorch builds G's output BN with eps 1e-5 whatever its BN_eps (which only reaches
-# the conditional BNs); so do we, so that its checkpoints import exactly.
-OUTPUT_BN_EPS = 1e-5
-
-
-def _generator_output(g: nn.Module, h: jax.Array, train: bool) -> jax.Array:
+def _generator_output(g: nn.Module, h: jax.Array, train: bool,
+                      truncation: float | None = None) -> jax.Array:
   """BN -> ReLU -> 3x3 SN conv to RGB -> tanh (float32), created inside `g`'s scope."""
-  h = nn.relu(BatchNorm(OUTPUT_BN_EPS, g.bn_momentum, g.dtype, name="output_bn")(h, not train))
-  h = SNConv(3, 3, sn_eps=g.sn_eps, dtype=g.dtype, name="output_conv")(h)
+  stats, sn_eval = getattr(g, "truncation_stats", 0), getattr(g, "sn_eval", "power_iteration")
+  h = BatchNorm(g.output_bn_eps, g.bn_momentum, g.dtype, stats, name="output_bn")(
+      h, not train, truncation)
+  h = SNConv(3, 3, sn_eps=g.sn_eps, dtype=g.dtype, sn_eval=sn_eval,
+             name="output_conv")(nn.relu(h))
   return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -160,7 +166,12 @@ def _projection_head(h: jax.Array, y: jax.Array, num_classes: int, sn_eps: float
 class GeneratorDeep(nn.Module):
   """BigGAN-deep generator: `depth` bottleneck blocks per stage, the whole z
   concatenated with the shared embedding conditions the first linear layer and
-  every conditional BN."""
+  every conditional BN.
+
+  `truncation_stats` > 0 and `sn_eval='stored'` make it the TF-Hub BigGAN-deep
+  modules' generator in evaluation (per-truncation BN statistics read at the static
+  `truncation`, torch spectral_norm's stored sigma); see biggan_jax/layers.py.
+  """
   resolution: int = 128
   ch: int = 128
   dim_z: int = 128
@@ -172,9 +183,13 @@ class GeneratorDeep(nn.Module):
   bn_momentum: float = 0.1
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  output_bn_eps: float = OUTPUT_BN_EPS
+  truncation_stats: int = 0
+  sn_eval: str = "power_iteration"
 
   @nn.compact
-  def __call__(self, z: jax.Array, y: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, z: jax.Array, y: jax.Array, train: bool = True,
+               truncation: float | None = None) -> jax.Array:
     _check_resolution(self.resolution)
     in_mults, out_mults = G_ARCH[self.resolution]
     shared = nn.Embed(self.num_classes, self.shared_dim, embedding_init=orthogonal_init,
@@ -182,19 +197,19 @@ class GeneratorDeep(nn.Module):
     cond = jnp.concatenate([shared, z], axis=-1)
     channels = in_mults[0] * self.ch
     h = SNDense(channels * BOTTOM_WIDTH ** 2, sn_eps=self.sn_eps, dtype=self.dtype,
-                name="linear")(cond)
+                sn_eval=self.sn_eval, name="linear")(cond)
     h = _linear_to_feature_map(h, channels)
     resolution = BOTTOM_WIDTH
     for index, (in_mult, out_mult) in enumerate(zip(in_mults, out_mults)):
       for sub in range(self.depth):
         last = sub == self.depth - 1
         h = GBlockDeep((out_mult if last else in_mult) * self.ch, last, 4, self.bn_eps,
-                       self.bn_momentum, self.sn_eps, self.dtype,
-                       name=f"block{index}_{sub}")(h, cond, train)
+                       self.bn_momentum, self.sn_eps, self.dtype, self.truncation_stats,
+                       self.sn_eval, name=f"block{index}_{sub}")(h, cond, train, truncation)
       resolution *= 2
       if resolution in self.attention_resolutions:
-        h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
-    return _generator_output(self, h, train)
+        h = SelfAttention(self.sn_eps, self.dtype, self.sn_eval, name=f"attention{index}")(h)
+    return _generator_output(self, h, train, truncation)
 
 
 class DiscriminatorDeep(nn.Module):
@@ -240,13 +255,29 @@ def build_models(model_config: Any, num_classes: int) -> ModelPair:
   dtype = jnp.dtype(m.compute_dtype)
   num_classes = max(num_classes, 1)  # Unconditional data: one class everybody shares.
   common = dict(resolution=m.resolution, num_classes=num_classes, sn_eps=m.sn_eps, dtype=dtype)
+  # Fields added after the first checkpoints were written: absent means the old behaviour.
+  output_bn_eps = m.get("output_bn_eps", OUTPUT_BN_EPS)
+  truncation_stats = m.get("truncation_bn_stats", 0)
+  sn_eval = m.get("sn_eval", "power_iteration")
+  if sn_eval not in SN_EVAL_MODES:
+    raise ConfigError(f"model.sn_eval={sn_eval!r}: choose one of {SN_EVAL_MODES}")
+  if truncation_stats < 0 or truncation_stats == 1:
+    raise ConfigError(f"model.truncation_bn_stats={truncation_stats}: 0 (ordinary running "
+                      "statistics) or the number of stored truncation values (51 for TF-Hub)")
+  if m.architecture == "biggan" and (truncation_stats or sn_eval != "power_iteration"):
+    raise ConfigError("model.truncation_bn_stats and model.sn_eval='stored' describe the "
+                      "TF-Hub BigGAN-deep generators; they need model.architecture="
+                      "'biggan_deep'")
   if m.architecture == "biggan":
     g = Generator(ch=m.ch, dim_z=m.dim_z, shared_dim=m.shared_dim, hierarchical=m.hierarchical,
-                  attention_resolutions=tuple(m.g_attention), bn_eps=m.bn_eps, **common)
+                  attention_resolutions=tuple(m.g_attention), bn_eps=m.bn_eps,
+                  output_bn_eps=output_bn_eps, **common)
     d = Discriminator(ch=m.ch, attention_resolutions=tuple(m.d_attention), **common)
   elif m.architecture == "biggan_deep":
     g = GeneratorDeep(ch=m.ch, dim_z=m.dim_z, shared_dim=m.shared_dim, depth=m.depth,
-                      attention_resolutions=tuple(m.g_attention), bn_eps=m.bn_eps, **common)
+                      attention_resolutions=tuple(m.g_attention), bn_eps=m.bn_eps,
+                      output_bn_eps=output_bn_eps, truncation_stats=truncation_stats,
+                      sn_eval=sn_eval, **common)
     d = DiscriminatorDeep(ch=m.ch, depth=m.depth, attention_resolutions=tuple(m.d_attention),
                           **common)
   else:

@@ -111,6 +111,11 @@ def compare_configs(theirs: Mapping[str, Any], config: ml_collections.ConfigDict
         out.append(f"{key}: theirs {theirs[key]!r}, ours {ours[key]!r}")
   if "ema" in theirs and not theirs["ema"]:
     recipe.append("ema: theirs False (no G_ema: G-EMA starts as a copy of G)")
+  m = config.model
+  for key, want in (("output_bn_eps", 1e-5), ("sn_eval", "power_iteration"),
+                    ("truncation_bn_stats", 0)):
+    if m.get(key, want) != want:  # Settings BigGAN-PyTorch has no name for.
+      model.append(f"model.{key}: BigGAN-PyTorch's is {want!r}, ours {m.get(key)!r}")
   return model, recipe
 
 
@@ -259,30 +264,44 @@ def import_biggan_pytorch(weights_dir: str, config: ml_collections.ConfigDict, w
     state = TrainState(step=np.asarray(step, np.int32), rng=train_key, g_params=g_params,
                        g_state=g_state, d_params=d_params, d_state=d_state, g_opt_state=g_opt,
                        d_opt_state=d_opt, ema_params=ema_params, ema_state=ema_state)
-  state = jax.device_put(state, trainer.replicated)
-  jax.tree.map(lambda leaf, want: _check_leaf(leaf, want), state, shapes)
+  imported_from = {"format": "biggan_pytorch", "weights_dir": os.path.abspath(weights_dir),
+                   "files": sorted(os.path.basename(p) for p in used.values()),
+                   "itr": step, "ema_only": ema_only}
+  write_imported_checkpoint(task, config, state, workdir, imported_from, used.values(), {
+      "state_dict": {k: v for k, v in state_dict.items() if k != "config"},
+      "config_differences": recipe_diffs})
+  return ImportResult(step, workdir, used, recipe_diffs, count_parameters(shapes.g_params),
+                      count_parameters(shapes.d_params))
 
+
+def count_parameters(tree: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def write_imported_checkpoint(task: BigGANTask, config: ml_collections.ConfigDict,
+                              state: TrainState, workdir: str, imported_from: dict[str, Any],
+                              sources: Any, provenance: dict[str, Any]) -> None:
+  """Saves an imported train state as checkpoint `state.step` of `workdir`, with the meta a
+  training run writes (so `main` resumes it with the usual checks) plus `imported_from`,
+  and OUT/imported.json: `imported_from`, the SHA-256 of every source file, `provenance`."""
+  trainer = task.trainer
+  state = jax.device_put(state, trainer.replicated)
+  jax.tree.map(lambda leaf, want: _check_leaf(leaf, want), state, trainer.state_shapes)
+  step = int(state.step)
   resolved = json.loads(config.to_json_best_effort())
   examples = step * trainer.examples_per_iteration
   meta = training.checkpoint_meta(task, resolved, step, examples, examples)
-  meta["imported_from"] = {"format": "biggan_pytorch", "weights_dir": os.path.abspath(weights_dir),
-                           "files": sorted(os.path.basename(p) for p in used.values()),
-                           "itr": step, "ema_only": ema_only}
+  meta["imported_from"] = imported_from
   checkpoints = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir),
                                            max_to_keep=config.max_to_keep)
   try:
     checkpoints.save(step, state, meta)
   finally:
     checkpoints.close()
-  provenance = {**meta["imported_from"],
-                "sha256": {os.path.basename(p): sha256_of_file(p) for p in used.values()},
-                "state_dict": {k: v for k, v in state_dict.items() if k != "config"},
-                "config_differences": recipe_diffs}
+  record = {**imported_from, "sha256": {os.path.basename(p): sha256_of_file(p) for p in sources},
+            **provenance}
   files.write_bytes(os.path.join(workdir, PROVENANCE_FILE),
-                    (json.dumps(provenance, indent=2, default=str) + "\n").encode())
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-  return ImportResult(step, workdir, used, recipe_diffs, count(shapes.g_params),
-                      count(shapes.d_params))
+                    (json.dumps(record, indent=2, default=str) + "\n").encode())
 
 
 def _check_leaf(leaf: Any, want: Any) -> None:
@@ -302,6 +321,14 @@ def export_biggan_pytorch(workdir: str, out_dir: str, step: int | None = None) -
       raise checkpointing.CheckpointError(
           f"{checkpoints.directory!r} holds a {meta.get('model')!r} checkpoint; only BigGAN "
           "and BigGAN-deep checkpoints have a BigGAN-PyTorch layout")
+    model_config = meta.get("config", {}).get("model", {})
+    tfhub = (model_config.get("truncation_bn_stats", 0)
+             or model_config.get("sn_eval", "power_iteration") != "power_iteration")
+    if tfhub:
+      raise checkpointing.CheckpointError(
+          f"{checkpoints.directory!r} holds a TF-Hub BigGAN-deep generator (BN statistics per "
+          "truncation, stored spectral norms), which BigGAN-PyTorch's files cannot represent; "
+          "the original pytorch_model.bin is already its PyTorch form")
     config = BigGANTask.sampling_config(ml_collections.ConfigDict(meta["config"]), 1)
     task = BigGANTask(config)
     task.build(meta["num_classes"], parallel.sampling_mesh())

@@ -50,19 +50,34 @@ class TrainState:
 
 
 def sample_latents(key: jax.Array, num: int, dim_z: int, num_classes: int,
-                   truncation: float | None = None) -> tuple[jax.Array, jax.Array]:
+                   truncation: float | None = None, tfhub: bool = False
+                   ) -> tuple[jax.Array, jax.Array]:
   """z ~ N(0, I) (or truncated to |z_i| <= truncation) and uniform class labels.
 
   Truncation draws from the normal conditioned on |z_i| <= t, which is the
   distribution of the paper's "resample values whose magnitude exceeds t".
+  `tfhub`: the TF-Hub modules' convention instead, z = t * TruncNormal(-2, 2) with
+  t = truncation (default 1), as pytorch-pretrained-biggan's `truncated_noise_sample`.
   """
   kz, ky = jax.random.split(key)
-  if truncation:
+  if tfhub:
+    t = check_tfhub_truncation(truncation)
+    z = t * jax.random.truncated_normal(kz, -2.0, 2.0, (num, dim_z), jnp.float32)
+  elif truncation:
     z = jax.random.truncated_normal(kz, -truncation, truncation, (num, dim_z), jnp.float32)
   else:
     z = jax.random.normal(kz, (num, dim_z), jnp.float32)
   y = jax.random.randint(ky, (num,), 0, num_classes, jnp.int32)
   return z, y
+
+
+def check_tfhub_truncation(truncation: float | None) -> float:
+  """The truncation of a TF-Hub BigGAN-deep generator: in (0, 1], 1 when not given."""
+  t = 1.0 if truncation is None or truncation == 0 else float(truncation)
+  if not 0.0 < t <= 1.0:
+    raise ConfigError(f"truncation {truncation}: the TF-Hub BigGAN-deep generators take a "
+                      "truncation in (0, 1] (their BN statistics are stored for that range)")
+  return t
 
 
 def ortho_reg_grads(params: Any, strength: float) -> Any:
@@ -113,7 +128,7 @@ class BigGANTrainer(checkpointing.StateLayout):
                               out_shardings=self.replicated)
     self.train_iteration = jax.jit(self._train_iteration, donate_argnums=0,
                                    out_shardings=(self.replicated, self.replicated))
-    self.generate = jax.jit(self._generate, static_argnames=("train",))
+    self.generate = jax.jit(self._generate, static_argnames=("train", "truncation"))
 
   # ---------------------------------------------------------------- state
   @property
@@ -265,14 +280,20 @@ class BigGANTrainer(checkpointing.StateLayout):
     return new_state, metrics
 
   # ---------------------------------------------------------------- sampling
-  def _generate(self, params, state, z, y, train: bool = False):
-    images = self.models.generator.apply({"params": params, **state}, z, y, train=train)
+  def _generate(self, params, state, z, y, train: bool = False,
+                truncation: float | None = None):
+    images = self.models.generator.apply({"params": params, **state}, z, y, train=train,
+                                         truncation=truncation)
     return images_to_uint8(images)
 
   def standing_stats(self, params, state, key: jax.Array, num_batches: int = 16,
                      batch_size: int = 256):
     """BigGAN's standing statistics: BN statistics averaged over `num_batches`
     batches of fresh samples, replacing the running averages for sampling."""
+    if self.config.model.get("truncation_bn_stats", 0):
+      raise ConfigError("standing statistics replace one set of BN statistics; this "
+                        "generator (TF-Hub BigGAN-deep) stores them per truncation value. "
+                        "Sample without --standing_stats.")
     g_once = self.models.generator.clone(bn_momentum=1.0)
 
     @jax.jit
@@ -310,6 +331,8 @@ class BigGANTask(training.TrainerTask):
   kind = "biggan"
   plan_interval = 1
   generator_fields = ("ema_params", "ema_state")
+  absent_config_means = {"model.output_bn_eps": 1e-5, "model.sn_eval": "power_iteration",
+                         "model.truncation_bn_stats": 0}
 
   @staticmethod
   def sampling_config(config: ml_collections.ConfigDict,
@@ -354,10 +377,21 @@ class BigGANTask(training.TrainerTask):
     scalars.update(g_lr=self.config.g_lr, d_lr=self.config.d_lr)
     return scalars, watched
 
-  def latents(self, key: jax.Array, num: int, truncation: float | None = None):
-    return sample_latents(key, num, self.trainer.models.dim_z, self.num_classes, truncation)
+  @property
+  def truncation_in_model(self) -> bool:
+    """The TF-Hub BigGAN-deep variant: truncation also picks G's BN statistics, and
+    latents follow the modules' convention (see `sample_latents`)."""
+    return bool(self.config.model.get("truncation_bn_stats", 0))
 
-  def generate(self, state: TrainState, z, y, plan: Plan) -> jax.Array:
+  def latents(self, key: jax.Array, num: int, truncation: float | None = None):
+    return sample_latents(key, num, self.trainer.models.dim_z, self.num_classes, truncation,
+                          tfhub=self.truncation_in_model)
+
+  def generate(self, state: TrainState, z, y, plan: Plan,
+               truncation: float | None = None) -> jax.Array:
+    if self.truncation_in_model:
+      return self.trainer.generate(state.ema_params, state.ema_state, z, y,
+                                   truncation=check_tfhub_truncation(truncation))
     return self.trainer.generate(state.ema_params, state.ema_state, z, y)
 
   def finished(self, step: int, examples: int) -> bool:
@@ -369,4 +403,11 @@ class BigGANTask(training.TrainerTask):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains until config.num_train_steps, resuming from workdir's latest checkpoint."""
+  if config.model.get("truncation_bn_stats", 0):
+    raise ConfigError(
+        "model.truncation_bn_stats > 0 is the TF-Hub BigGAN-deep generator, which samples and "
+        "evaluates (python -m biggan_jax.sample / .evaluate) but does not train: its BN "
+        "statistics are stored per truncation value with no rule to update them, and no "
+        "discriminator or optimizer state was released. To fine-tune, import a BigGAN-PyTorch "
+        "checkpoint (--from=biggan_pytorch) instead.")
   return training.train(BigGANTask(config), config, workdir)

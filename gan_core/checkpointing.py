@@ -342,14 +342,17 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[
 
 
 def check_compatible(saved_meta: Mapping[str, Any], current_meta: Mapping[str, Any],
-                     directory: str, step: int, model_keys: tuple[str, ...] = ("model",)) -> None:
+                     directory: str, step: int, model_keys: tuple[str, ...] = ("model",),
+                     absent_means: Mapping[str, Any] | None = None) -> None:
   """Raises IncompatibleCheckpointError naming every architecture mismatch.
 
   Compares the model config sections and the parameter shapes. Other config
   differences (learning rate, number of steps, ...) are allowed and logged.
+  `absent_means` gives config fields added after checkpoints were first written the
+  value that a checkpoint without them was trained with ('model.output_bn_eps': 1e-5).
   """
   problems = []
-  saved_cfg = _flatten(saved_meta.get("config", {}))
+  saved_cfg = {**(absent_means or {}), **_flatten(saved_meta.get("config", {}))}
   current_cfg = _flatten(json.loads(json.dumps(current_meta.get("config", {}))))
   for key in sorted(set(saved_cfg) | set(current_cfg)):
     old, new = saved_cfg.get(key, "<absent>"), current_cfg.get(key, "<absent>")

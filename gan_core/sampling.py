@@ -12,7 +12,9 @@ Sampling: `.npz` output holds `images` (uint8 NHWC), `z` (the latents) and, for 
 conditional model, `labels` (int32); `.png` output is a grid. `--latents=FILE.npz`
 renders given latents: arrays `z` (N x latent size) and, when the model is
 conditional, `y` (N class ids) -- a sampling `.npz` is such a file. The same
-arguments give the same bytes. PGGAN samples at the resolution and fade-in of the
+arguments give the same bytes. The TF-Hub BigGAN-deep generators take `--truncation`
+their way: z = T * TruncNormal(-2, 2) and BN statistics stored for T (also with
+`--latents`, where T only picks the statistics). PGGAN samples at the resolution and fade-in of the
 schedule at that checkpoint.
 
 Evaluation: the metrics (default: the run's `config.eval.metrics`) of `--num_samples`
@@ -151,7 +153,7 @@ def read_latents(path: str, generator: Generator) -> tuple[np.ndarray, np.ndarra
 
 
 def generate_images(generator: Generator, z: np.ndarray, y: np.ndarray,
-                    batch_size: int) -> np.ndarray:
+                    batch_size: int, truncation: float | None = None) -> np.ndarray:
   """uint8 images of latents `z` and labels `y` (the same on every process), in batches
   of one compiled shape (the last one padded; G-EMA has no batch-dependent layers)."""
   from gan_core import monitoring, parallel
@@ -163,7 +165,8 @@ def generate_images(generator: Generator, z: np.ndarray, y: np.ndarray,
       zb = np.concatenate([zb, np.zeros((pad,) + zb.shape[1:], zb.dtype)])
       yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
     images = generator.task.generate(generator.state, parallel.put_replicated(zb, generator.mesh),
-                                     parallel.put_replicated(yb, generator.mesh), generator.plan)
+                                     parallel.put_replicated(yb, generator.mesh), generator.plan,
+                                     truncation)
     out.append(monitoring.to_host(images)[:len(zb) - pad])
   return np.concatenate(out)
 
@@ -188,7 +191,9 @@ def _define_common_flags() -> None:
   from gan_core.cli import define_distributed_flags
   _define("string", "workdir", None, "Training workdir (its checkpoints/ are read).")
   _define("integer", "step", None, "Checkpoint step to use (default: latest).")
-  _define("float", "truncation", 0.0, "Truncation threshold: |z_i| > T is resampled; 0 = off.")
+  _define("float", "truncation", 0.0, "Truncation threshold: |z_i| > T is resampled; 0 = off. "
+          "TF-Hub BigGAN-deep: z = T * TruncNormal(-2, 2) and G's BN statistics at T "
+          "(0 < T <= 1; 0 means 1); with --latents it only picks the statistics.")
   _define("integer", "standing_stats", 0, "BigGAN: if > 0, replace BN running averages by "
           "standing statistics over this many batches (BigGAN's sampling recipe).")
   _define("integer", "batch_size", 64, "Generation batch size.")
@@ -231,13 +236,17 @@ def sample_main(task_class: Callable) -> Callable[[list[str]], None]:
       raise app.UsageError("--out must end in .npz or .png")
     if FLAGS.num_samples <= 0 or FLAGS.batch_size <= 0:
       raise app.UsageError("--num_samples and --batch_size must be positive")
-    if FLAGS.latents and (FLAGS.class_sheet or FLAGS.interpolate > 1 or FLAGS.truncation
+    if FLAGS.latents and (FLAGS.class_sheet or FLAGS.interpolate > 1
                           or FLAGS.labels != "random"):
       raise app.UsageError("--latents gives z and y: it does not combine with --labels, "
-                           "--truncation, --class_sheet or --interpolate")
+                           "--class_sheet or --interpolate")
     initialize_distributed()
     generator = load(task_class, FLAGS.workdir, FLAGS.step)
     task = generator.task
+    if FLAGS.latents and FLAGS.truncation and not task.truncation_in_model:
+      raise app.UsageError("--latents gives z: --truncation (which draws z) does not apply; "
+                           "only models whose statistics depend on the truncation (TF-Hub "
+                           "BigGAN-deep) take both")
     k_z, k_y, k_stats, k_end = jax.random.split(jax.random.PRNGKey(FLAGS.seed), 4)
     generator = _with_standing_stats(generator, k_stats)
     truncation = FLAGS.truncation or None
@@ -260,7 +269,7 @@ def sample_main(task_class: Callable) -> Callable[[list[str]], None]:
         z = (z[:, None] * (1 - t) + z_end[:, None] * t).reshape(-1, z.shape[-1])
         labels = np.repeat(labels, FLAGS.interpolate)
         columns = FLAGS.interpolate
-    images = generate_images(generator, z, labels, FLAGS.batch_size)
+    images = generate_images(generator, z, labels, FLAGS.batch_size, truncation)
     if jax.process_index() > 0:
       return  # Every process generated (collectively); process 0 writes.
     if FLAGS.out.endswith(".npz"):
@@ -322,7 +331,7 @@ def evaluate_main(task_class: Callable) -> Callable[[list[str]], None]:
     start = time.time()
     try:
       results = evaluator.measure(
-          lambda key: task.generate(generator.state, *latents(key), generator.plan),
+          lambda key: task.generate(generator.state, *latents(key), generator.plan, truncation),
           resolution=generator.plan.resolution)
     except (weights.InceptionWeightsUnavailable, weights.InceptionWeightsError) as e:
       raise SampleError(f"{e} (or pass --inception_weights=FILE / --download_inception)") from e

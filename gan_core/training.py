@@ -134,8 +134,15 @@ class Task(Protocol):
               ) -> tuple[jax.Array, jax.Array]:
     """(z, y) for `num` samples; `truncation` T draws z_i conditioned on |z_i| <= T."""
 
-  def generate(self, state: Any, z: jax.Array, y: jax.Array, plan: Plan) -> jax.Array:
-    """uint8 G-EMA samples."""
+  def generate(self, state: Any, z: jax.Array, y: jax.Array, plan: Plan,
+               truncation: float | None = None) -> jax.Array:
+    """uint8 G-EMA samples. `truncation` matters only where the model itself depends on
+    it (`truncation_in_model`: the TF-Hub BigGAN-deep generators' BN statistics)."""
+
+  truncation_in_model = False
+  # Config fields added after checkpoints were first written -> the value such a checkpoint
+  # was trained with (flattened keys, e.g. 'model.output_bn_eps').
+  absent_config_means: dict[str, Any] = {}
 
   def finished(self, step: int, examples: int) -> bool: ...
 
@@ -361,7 +368,7 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
   resumed = checkpoints.restore_newest_readable(
       task.abstract_state(), lambda saved, at: checkpointing.check_compatible(
           saved, {"config": resolved_config, **task.fingerprint()},
-          checkpoints.directory, at))
+          checkpoints.directory, at, absent_means=task.absent_config_means))
   if resumed is not None:
     latest, state, saved_meta = resumed
     plan_position = plan_position_of(saved_meta)

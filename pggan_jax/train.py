@@ -340,7 +340,9 @@ class PGGANTask(training.TrainerTask):
     y = jax.random.randint(jax.random.fold_in(key, 1), (num,), 0, max(self.num_classes, 1))
     return z, y
 
-  def generate(self, state: TrainState, z, y, plan: Plan) -> jax.Array:
+  def generate(self, state: TrainState, z, y, plan: Plan,
+               truncation: float | None = None) -> jax.Array:
+    del truncation  # PGGAN's truncation acts on the latents only (`latents`).
     return self.trainer.generate(state.ema_params, z, y, jnp.float32(plan.phase.alpha),
                                  **dict(plan.static))
 

@@ -129,3 +129,23 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, model):
   process = run_main(model, tmp_path, step + 1)
   _, err = process.communicate(timeout=600)
   assert process.returncode == 0 and "Resumed from" in err and f"at step {step}" in err
+
+
+def test_config_fields_added_later_resume_older_checkpoints():
+  """A checkpoint written before model.output_bn_eps / sn_eval / truncation_bn_stats existed
+  resumes with their defaults (the behaviour it was trained with), and only with those."""
+  from biggan_jax.config import base_config
+  from biggan_jax.train import BigGANTask
+  from gan_core.checkpointing import check_compatible
+  means = BigGANTask.absent_config_means
+  model = base_config().model
+  assert {key: model[key.split(".")[1]] for key in means} == means
+  saved = {"config": {"model": {"ch": 4}}}
+  current = {"config": {"model": {"ch": 4, **{k.split(".")[1]: v for k, v in means.items()}}}}
+  check_compatible(saved, current, "d", 1, absent_means=means)
+  with pytest.raises(IncompatibleCheckpointError, match="output_bn_eps: checkpoint '<absent>'"):
+    check_compatible(saved, current, "d", 1)
+  current["config"]["model"]["output_bn_eps"] = 1e-4
+  with pytest.raises(IncompatibleCheckpointError,
+                     match="model.output_bn_eps: checkpoint 1e-05, current 0.0001"):
+    check_compatible(saved, current, "d", 1, absent_means=means)

@@ -105,6 +105,11 @@ def test_sample_cli_renders_given_latents(trained_workdir, tmp_path):
     code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
                        f"--out={tmp_path / 'x.npz'}", f"--latents={tmp_path / name}")
     assert code == 1 and expected in err and "Traceback" not in err, err[-2000:]
+  # Truncation draws z; given z it applies only where G's statistics depend on it (TF-Hub).
+  code, _, err = run("biggan_jax.sample", f"--workdir={trained_workdir}",
+                     f"--out={tmp_path / 'x.npz'}", f"--latents={tmp_path / 'latents.npz'}",
+                     "--truncation=0.5")
+  assert code != 0 and "does not apply" in err, err[-2000:]
 
 
 def test_sampling_restores_g_ema_alone_and_checks_the_model(trained_workdir):
