@@ -39,7 +39,16 @@ def define_training_flags() -> None:
   flags.DEFINE_bool("dry_run", False, "Print the config and parameter counts, then exit.")
   flags.DEFINE_bool("library_logs", False, "Also show the INFO logs of libraries (Orbax, "
                     "JAX, TensorFlow, ...); by default only their warnings and errors.")
+  define_compilation_cache_flag()
   define_distributed_flags()
+
+
+def define_compilation_cache_flag() -> None:
+  if "compilation_cache" not in flags.FLAGS:
+    flags.DEFINE_string("compilation_cache", None, "Persistent XLA compilation cache: a "
+                        "directory, or 'off' (default: $JAX_COMPILATION_CACHE_DIR, else "
+                        "~/.cache/gan_jax/xla for a single-process run); see "
+                        "gan_core/compilation_cache.py.")
 
 
 def quiet_library_logs() -> None:
@@ -92,6 +101,8 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
     quiet_library_logs()
   try:
     initialize_distributed()
+    from gan_core import compilation_cache
+    compilation_cache.enable(FLAGS.compilation_cache)
     if FLAGS.dry_run:
       dry_run(FLAGS.config, FLAGS.workdir)
       if FLAGS.workdir:

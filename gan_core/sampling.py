@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from gan_core import compilation_cache
 from gan_core.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -188,7 +189,7 @@ def _define(kind: str, name: str, default: Any, help_text: str) -> None:
 
 
 def _define_common_flags() -> None:
-  from gan_core.cli import define_distributed_flags
+  from gan_core.cli import define_compilation_cache_flag, define_distributed_flags
   _define("string", "workdir", None, "Training workdir (its checkpoints/ are read).")
   _define("integer", "step", None, "Checkpoint step to use (default: latest).")
   _define("float", "truncation", 0.0, "Truncation threshold: |z_i| > T is resampled; 0 = off. "
@@ -197,6 +198,7 @@ def _define_common_flags() -> None:
   _define("integer", "standing_stats", 0, "BigGAN: if > 0, replace BN running averages by "
           "standing statistics over this many batches (BigGAN's sampling recipe).")
   _define("integer", "batch_size", 64, "Generation batch size.")
+  define_compilation_cache_flag()
   if "coordinator_address" not in FLAGS:
     define_distributed_flags()
 
@@ -241,6 +243,7 @@ def sample_main(task_class: Callable) -> Callable[[list[str]], None]:
       raise app.UsageError("--latents gives z and y: it does not combine with --labels, "
                            "--class_sheet or --interpolate")
     initialize_distributed()
+    compilation_cache.enable(FLAGS.compilation_cache)
     generator = load(task_class, FLAGS.workdir, FLAGS.step)
     task = generator.task
     if FLAGS.latents and FLAGS.truncation and not task.truncation_in_model:
@@ -313,6 +316,7 @@ def evaluate_main(task_class: Callable) -> Callable[[list[str]], None]:
     if FLAGS.num_samples <= 1:
       raise app.UsageError("--num_samples must be at least 2")
     initialize_distributed()
+    compilation_cache.enable(FLAGS.compilation_cache)
     generator = load(task_class, FLAGS.workdir, FLAGS.step, all_devices=True)
     generator = _with_standing_stats(generator, jax.random.PRNGKey(0))
     config = ml_collections.ConfigDict(generator.meta["config"])
