@@ -19,7 +19,6 @@ import sys
 import types
 import zipfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
