@@ -156,6 +156,8 @@ class TrainerTask:
 
   kind = ""
   generator_fields: tuple[str, ...] = ("ema_params",)  # All that sampling restores.
+  truncation_in_model = False
+  absent_config_means: dict[str, Any] = {}
 
   @staticmethod
   def sampling_config(config: ml_collections.ConfigDict,
