@@ -19,6 +19,7 @@ import sys
 import types
 import zipfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -213,18 +214,29 @@ def test_import_and_sample_command_lines(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   drawn = np.load(tmp_path / "r.npz")["z"]
   assert np.abs(drawn).max() <= 0.5 + 1e-6 and np.abs(drawn).max() > 0.3
-  result = run("biggan_jax.sample", f"--workdir={workdir}", "--truncation=1.5",
-               f"--out={tmp_path / 'x.npz'}")
-  assert result.returncode != 0 and "(0, 1]" in result.stderr
-  result = run("biggan_jax.sample", f"--workdir={workdir}", "--standing_stats=2",
-               f"--out={tmp_path / 'x.npz'}")
-  assert result.returncode != 0 and "per truncation" in result.stderr
-  # It samples but does not train, and has no BigGAN-PyTorch form.
-  result = run("biggan_jax.main", "--config=configs/imagenet128_deep.py:tfhub", *OVERRIDES,
-               "--config.dataset=digits", f"--workdir={workdir}")
-  assert result.returncode != 0 and "does not train" in result.stderr
-  result = run("biggan_jax.export_weights", f"--workdir={workdir}", f"--out={tmp_path / 'x'}")
-  assert result.returncode != 0 and "TF-Hub" in result.stderr
+
+
+def test_truncation_training_export_and_standing_stats_are_refused(tmp_path):
+  """It samples at 0 < T <= 1 only, does not train, and has no BigGAN-PyTorch form."""
+  from biggan_jax.pytorch_checkpoint import export_biggan_pytorch
+  from biggan_jax.train import check_tfhub_truncation, train_and_evaluate
+  from gan_core.checkpointing import CheckpointError
+  from gan_core.errors import ConfigError
+  config = small_config()
+  theirs = their_config()
+  source = write_module(tmp_path / "module", theirs, their_tensors(theirs))
+  tw.import_tfhub_biggan_deep(str(source), config, str(tmp_path / "run"))
+  assert check_tfhub_truncation(None) == 1.0 and check_tfhub_truncation(0.4) == 0.4
+  with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+    check_tfhub_truncation(1.5)
+  trainer, params, state = _imported(config, source)
+  with pytest.raises(ConfigError, match="per truncation"):
+    trainer.standing_stats(params, state, jax.random.PRNGKey(0), 1, 8)
+  config.dataset = "digits"
+  with pytest.raises(ConfigError, match="does not train"):
+    train_and_evaluate(config, str(tmp_path / "run"))
+  with pytest.raises(CheckpointError, match="TF-Hub"):
+    export_biggan_pytorch(str(tmp_path / "run"), str(tmp_path / "x"))
   assert not (tmp_path / "x").exists()
 
 
