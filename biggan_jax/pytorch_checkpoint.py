@@ -184,12 +184,7 @@ def import_biggan_pytorch(weights_dir: str, config: ml_collections.ConfigDict, w
   (a released generator) becomes G and G-EMA, with D freshly initialised, Adam at zero
   and step `itr` when a state_dict.pth is beside it (else 0).
   """
-  weights_dir = os.path.expanduser(weights_dir)
-  if not os.path.isdir(weights_dir):
-    raise pw.WeightImportError(f"--weights_dir {weights_dir!r} is not a directory")
-  if checkpointing.latest_step_of(workdir) is not None:
-    raise UserError(f"{workdir!r} already holds checkpoints; import into a new --workdir "
-                    "(nothing was changed)")
+  weights_dir = check_import_target(weights_dir, workdir)
   paths = {name: os.path.join(weights_dir, file_name(name, suffix)) for name in FILES}
   needed = ("G_ema",) if ema_only else ("G", "D", "G_optim", "D_optim", "state_dict")
   missing = [paths[name] for name in needed if not os.path.isfile(paths[name])]
@@ -272,6 +267,17 @@ def import_biggan_pytorch(weights_dir: str, config: ml_collections.ConfigDict, w
       "config_differences": recipe_diffs})
   return ImportResult(step, workdir, used, recipe_diffs, count_parameters(shapes.g_params),
                       count_parameters(shapes.d_params))
+
+
+def check_import_target(weights_dir: str, workdir: str) -> str:
+  """The expanded `weights_dir`, once it is a folder and `workdir` holds no checkpoints."""
+  weights_dir = os.path.expanduser(weights_dir)
+  if not os.path.isdir(weights_dir):
+    raise pw.WeightImportError(f"--weights_dir {weights_dir!r} is not a directory")
+  if checkpointing.latest_step_of(workdir) is not None:
+    raise UserError(f"{workdir!r} already holds checkpoints; import into a new --workdir "
+                    "(nothing was changed)")
+  return weights_dir
 
 
 def count_parameters(tree: Any) -> int:

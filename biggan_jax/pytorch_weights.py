@@ -249,20 +249,35 @@ def variables_from_torch(layout: list[Entry], tensors: Mapping[str, np.ndarray],
       raise AssertionError(f"layout maps two tensors onto {'/'.join(key)}")
     filled[key] = np.array(to_ours(entry.kind, value), dtype=leaf.dtype, order="C")
   known = {entry.torch_name for entry in layout}
-  extra = [name for name in tensors if name not in known]
-  problems += [f"unexpected {name} {_describe(np.shape(tensors[name]))}" for name in extra]
-  if problems:
-    shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-    raise WeightImportError(
-        f"{what} does not fit the configured model ({len(problems)} problem"
-        f"{'s' if len(problems) > 1 else ''}: {len(problems) - missing - len(extra)} of "
-        f"another shape or type, {missing} missing, {len(extra)} unexpected; in order):\n  " +
-        "\n  ".join(shown) +
-        "\nPass the --config (and --config.model.* overrides: resolution, ch, dim_z, "
-        "architecture, attention, num_classes) that the weights were trained with.")
+  check_fit(what, problems, missing, [name for name in tensors if name not in known],
+            tensors, "Pass the --config (and --config.model.* overrides: resolution, ch, "
+            "dim_z, architecture, attention, num_classes) that the weights were trained with.")
+  return assemble(template, filled)
+
+
+def check_fit(what: str, problems: list[str], missing: int, extra: list[str],
+              tensors: Mapping[str, np.ndarray], hint: str) -> None:
+  """Raises WeightImportError listing `problems` (missing or mis-shaped tensors, `missing`
+  of them missing) and the `extra` tensor names, in order, the first 10 shown."""
+  problems = problems + [f"unexpected {name} {_describe(np.shape(tensors[name]))}"
+                         for name in extra]
+  if not problems:
+    return
+  shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+  raise WeightImportError(
+      f"{what} does not fit the configured model ({len(problems)} problem"
+      f"{'s' if len(problems) > 1 else ''}: {len(problems) - missing - len(extra)} of "
+      f"another shape or type, {missing} missing, {len(extra)} unexpected; in order):\n  " +
+      "\n  ".join(shown) + "\n" + hint)
+
+
+def assemble(template: Mapping[str, Any], filled: Mapping[tuple[str, ...], Any]
+             ) -> dict[str, Any]:
+  """The nested variables of `filled` ({path: array}), which must cover every leaf of
+  `template`."""
   unfilled = [p for p in _paths(template) if p not in filled]
-  if unfilled:  # The layout and the model disagree: a bug here, not in the user's file.
-    raise AssertionError(f"layout leaves {['/'.join(p) for p in unfilled[:5]]} unfilled")
+  if unfilled:  # The mapping and the model disagree: a bug here, not in the user's file.
+    raise AssertionError(f"mapping leaves {['/'.join(p) for p in unfilled[:5]]} unfilled")
   out: dict[str, Any] = {}
   for key, value in filled.items():
     _set(out, key, value)

@@ -47,8 +47,7 @@ from biggan_jax import pytorch_checkpoint as ptc
 from biggan_jax import pytorch_weights as pw
 from biggan_jax.models import BOTTOM_WIDTH, G_ARCH
 from biggan_jax.train import BigGANTask
-from gan_core import checkpointing, parallel
-from gan_core.errors import UserError
+from gan_core import parallel
 
 WEIGHTS_NAME, CONFIG_NAME = "pytorch_model.bin", "config.json"
 _CONFIG_KEYS = ("output_dim", "z_dim", "class_embed_dim", "channel_width", "num_classes",
@@ -244,24 +243,11 @@ def variables_from_tfhub(tensors: Mapping[str, np.ndarray], model_config: Any,
   conv.copy("generator.bn.bias", ("params", "output_bn", "bias"))
   conv.sn("generator.conv_to_rgb", ("output_conv",), True, their_outputs=m.ch)
 
-  extra = [name for name in tensors if name not in conv.used]
-  problems = conv.problems + [f"unexpected {name} {pw._describe(np.shape(tensors[name]))}"
-                              for name in extra]
-  if problems:
-    shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-    raise pw.WeightImportError(
-        f"{what} does not fit the configured model ({len(problems)} problem"
-        f"{'s' if len(problems) > 1 else ''}: {conv.missing} missing, {len(extra)} unexpected, "
-        f"{len(conv.problems) - conv.missing} of another shape or type; in order):\n  " +
-        "\n  ".join(shown) + "\nUse the config of the module's resolution: "
-        "--config=configs/imagenet{128,256,512}_deep.py:tfhub.")
-  unfilled = [p for p in pw._paths(template) if p not in conv.out]
-  if unfilled:  # The mapping and the model disagree: a bug here, not in the user's file.
-    raise AssertionError(f"leaves {['/'.join(p) for p in unfilled[:5]]} unfilled")
-  out: dict[str, Any] = {}
-  for path, value in conv.out.items():
-    pw._set(out, path, value)
-  return out
+  pw.check_fit(what, conv.problems, conv.missing,
+               [name for name in tensors if name not in conv.used], tensors,
+               "Use the config of the module's resolution: "
+               "--config=configs/imagenet{128,256,512}_deep.py:tfhub.")
+  return pw.assemble(template, conv.out)
 
 
 # ----------------------------------------------------------------- files
@@ -305,12 +291,7 @@ def import_tfhub_biggan_deep(weights_dir: str, config: ml_collections.ConfigDict
   """Writes a TF-Hub BigGAN-deep generator as step 0 of `workdir`: G and G-EMA from the
   file, D freshly initialised (none was released), Adam at zero. It samples and evaluates;
   `main` refuses to train it (see biggan_jax/config.py)."""
-  weights_dir = os.path.expanduser(weights_dir)
-  if not os.path.isdir(weights_dir):
-    raise pw.WeightImportError(f"--weights_dir {weights_dir!r} is not a directory")
-  if checkpointing.latest_step_of(workdir) is not None:
-    raise UserError(f"{workdir!r} already holds checkpoints; import into a new --workdir "
-                    "(nothing was changed)")
+  weights_dir = ptc.check_import_target(weights_dir, workdir)
   weights_file, config_file = find_files(weights_dir)
   theirs = read_config(config_file)
   config = ml_collections.ConfigDict(config.to_dict())
