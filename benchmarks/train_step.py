@@ -70,7 +70,8 @@ def main(_):
         f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
   print(f"config: resolution={res} ch={config.model.ch} arch={config.model.architecture} "
         f"batch_size={config.batch_size} num_d_steps={config.num_d_steps} "
-        f"num_accumulations={config.num_accumulations} dtype={config.model.compute_dtype}")
+        f"num_accumulations={config.num_accumulations} dtype={config.model.compute_dtype} "
+        f"augment={config.augment.kind}")
   print(f"compile: {compile_only_s:.1f} s (compilation cache: {cache or 'off'})")
   print(f"first call (compile + 1 iteration): {compile_s:.1f} s")
   print(f"images/s: {trainer.examples_per_iteration / (ms / 1000):.1f}")

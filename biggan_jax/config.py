@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from gan_core.augment import augment_config
 from gan_core.eval.config import eval_config
 from gan_core.guard import guard_config
 
@@ -21,6 +22,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.download_dataset = False  # Let tfds download and prepare (as ArrayRecord) a missing dataset.
   c.random_flip = True
   c.data_workers = 0  # Decoding threads per process; 0: all cores but one.
+  # Train on a class-balanced subset of about this fraction of the dataset (small-data runs),
+  # chosen by dataset_subset_seed alone: the same images for any seed or augmentation.
+  c.dataset_fraction = 1.0
+  c.dataset_subset_seed = 0
 
   c.batch_size = 256  # Global batch per D or G update, over all devices and hosts.
   c.num_accumulations = 1  # Split each update's batch into this many micro-batches.
@@ -53,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Divergence guard: non-finite steps (and optional D-margin / singular-value limits) roll
   # back to the last good checkpoint; see gan_core/guard.py.
   c.guard = guard_config()
+  # Augmentation of everything D sees (DiffAugment or ADA), for small datasets;
+  # see gan_core/augment.py.
+  c.augment = augment_config()
 
   m = c.model = ml_collections.ConfigDict()
   m.architecture = "biggan"  # 'biggan' or 'biggan_deep'.

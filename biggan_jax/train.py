@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from biggan_jax import losses
 from biggan_jax.models import ModelPair, build_models
-from gan_core import checkpointing, loops, monitoring, parallel, training
+from gan_core import augment, checkpointing, loops, monitoring, parallel, training
 from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
 from gan_core.images import images_to_uint8
@@ -47,6 +47,7 @@ class TrainState:
   d_opt_state: Any
   ema_params: Any
   ema_state: Any
+  augment: Any  # ADA's p and r_t statistics (gan_core/augment.py); inert for other kinds.
 
 
 def sample_latents(key: jax.Array, num: int, dim_z: int, num_classes: int,
@@ -117,6 +118,7 @@ class BigGANTrainer(checkpointing.StateLayout):
     parallel.check_batch_divisible(self.micro_batch, mesh,
                                    "batch_size / num_accumulations")
     self.unroll = loops.should_unroll(config.scan_unroll)
+    self.augmenter = augment.Augmenter(config)
     self.d_loss_fn, self.g_loss_fn = losses.get_losses(config.loss)
     adam = functools.partial(optax.adam, b1=config.adam_b1, b2=config.adam_b2,
                              eps=config.adam_eps)
@@ -160,7 +162,7 @@ class BigGANTrainer(checkpointing.StateLayout):
         step=jnp.zeros((), jnp.int32), rng=train_key,
         g_params=g_params, g_state=g_vars, d_params=d_params, d_state=d_vars,
         g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
-        ema_params=g_params, ema_state=g_vars)
+        ema_params=g_params, ema_state=g_vars, augment=augment.init_state(self.config))
 
   # ---------------------------------------------------------------- forward passes
   def _shard_batch(self, x: jax.Array) -> jax.Array:
@@ -179,8 +181,15 @@ class BigGANTrainer(checkpointing.StateLayout):
     return self._shard_batch(z), self._shard_batch(y)
 
   # ---------------------------------------------------------------- one iteration
+  def _augment(self, x, key, aug_state):
+    """D's input through the configured augmentation, with a key of its own (the
+    latents keep theirs, so a run without augmentation is unchanged by its existence)."""
+    if not self.augmenter.enabled:
+      return x
+    return self._shard_batch(self.augmenter.apply(x, jax.random.fold_in(key, 0xA06), aug_state))
+
   def _d_micro_step(self, g_params, d_params, carry, inputs):
-    g_state, d_state, grad_sum = carry
+    g_state, d_state, grad_sum, aug_state = carry
     real, real_labels, key = inputs
     z, fake_labels = self._latents(key)
     fake, g_state = self._g_forward(g_params, g_state, z, fake_labels)
@@ -190,6 +199,7 @@ class BigGANTrainer(checkpointing.StateLayout):
     batch = real.shape[0]
     x = jnp.stack([fake, images_to_float(real)], axis=1).reshape((2 * batch,) + real.shape[1:])
     y = jnp.stack([fake_labels, real_labels], axis=1).reshape(-1)
+    x = self._augment(x, key, aug_state)
 
     def loss_fn(params):
       scores, new_d_state = self._d_forward(params, d_state, x, y)
@@ -198,34 +208,37 @@ class BigGANTrainer(checkpointing.StateLayout):
       loss_real, loss_fake = self.d_loss_fn(d_real, d_fake)
       metrics = {"d_loss_real": loss_real, "d_loss_fake": loss_fake,
                  "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
-      return loss_real + loss_fake, (new_d_state, metrics)
+      return loss_real + loss_fake, (new_d_state, metrics, d_real)
 
-    (loss, (d_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+    (loss, (d_state, metrics, d_real)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        d_params)
     grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-    return (g_state, d_state, grad_sum), dict(metrics, d_loss=loss)
+    aug_state = self.augmenter.observe(aug_state, d_real)
+    return (g_state, d_state, grad_sum, aug_state), dict(metrics, d_loss=loss)
 
   def _d_update(self, g_params, carry, inputs):
-    g_state, d_params, d_state, d_opt_state = carry
+    g_state, d_params, d_state, d_opt_state, aug_state = carry
     real, labels, key = inputs
     keys = jax.random.split(key, self.config.num_accumulations)
     zeros = jax.tree.map(jnp.zeros_like, d_params)
-    (g_state, d_state, grads), metrics = loops.scan(
-        functools.partial(self._d_micro_step, g_params, d_params), (g_state, d_state, zeros),
-        (real, labels, keys), self.unroll)
+    (g_state, d_state, grads, aug_state), metrics = loops.scan(
+        functools.partial(self._d_micro_step, g_params, d_params),
+        (g_state, d_state, zeros, aug_state), (real, labels, keys), self.unroll)
     grads = jax.tree.map(lambda g: g / self.config.num_accumulations, grads)
     updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["d_grad_norm"] = optax.global_norm(grads)
     metrics["layer_grad_norm/D"] = monitoring.layer_norms(grads)
-    return (g_state, d_params, d_state, d_opt_state), metrics
+    return (g_state, d_params, d_state, d_opt_state, aug_state), metrics
 
-  def _g_micro_step(self, g_params, d_params, carry, key):
+  def _g_micro_step(self, g_params, d_params, aug_state, carry, key):
     g_state, d_state, grad_sum = carry
     z, labels = self._latents(key)
 
     def loss_fn(params):
       fake, new_g_state = self._g_forward(params, g_state, z, labels)
+      fake = self._augment(fake, key, aug_state)
       scores, new_d_state = self._d_forward(d_params, d_state, fake, labels)
       return self.g_loss_fn(scores), (new_g_state, new_d_state)
 
@@ -240,16 +253,16 @@ class BigGANTrainer(checkpointing.StateLayout):
     d_key, g_key = jax.random.split(key)
 
     # Discriminator: num_d_steps updates, each on its own real batch.
-    (g_state, d_params, d_state, d_opt_state), d_metrics = loops.scan(
+    (g_state, d_params, d_state, d_opt_state, aug_state), d_metrics = loops.scan(
         functools.partial(self._d_update, state.g_params),
-        (state.g_state, state.d_params, state.d_state, state.d_opt_state),
+        (state.g_state, state.d_params, state.d_state, state.d_opt_state, state.augment),
         (batch["images"], batch["labels"], jax.random.split(d_key, cfg.num_d_steps)),
         self.unroll)
 
     # Generator: one update against the updated D.
     zeros = jax.tree.map(jnp.zeros_like, state.g_params)
     (g_state, d_state, g_grads), g_losses = loops.scan(
-        functools.partial(self._g_micro_step, state.g_params, d_params),
+        functools.partial(self._g_micro_step, state.g_params, d_params, state.augment),
         (g_state, d_state, zeros), jax.random.split(g_key, cfg.num_accumulations), self.unroll)
     g_grads = jax.tree.map(lambda g: g / cfg.num_accumulations, g_grads)
     if cfg.ortho_reg > 0:
@@ -273,10 +286,12 @@ class BigGANTrainer(checkpointing.StateLayout):
     # Non-finite iff some parameter is: the guard never keeps such a state.
     metrics["g_param_norm"] = optax.global_norm(g_params)
     metrics["d_param_norm"] = optax.global_norm(d_params)
+    aug_state = self.augmenter.adapt(aug_state, state.step, self.examples_per_iteration)
+    metrics.update(self.augmenter.metrics(aug_state))
     new_state = TrainState(
         step=state.step + 1, rng=state.rng, g_params=g_params, g_state=g_state,
         d_params=d_params, d_state=d_state, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
-        ema_params=ema_params, ema_state=ema_state)
+        ema_params=ema_params, ema_state=ema_state, augment=aug_state)
     return new_state, metrics
 
   # ---------------------------------------------------------------- sampling

@@ -25,6 +25,11 @@ from absl import logging
 from gan_core.errors import UserError, first_line
 
 
+# Train-state fields added after checkpoints were first written, and what starting them at
+# zero means: a checkpoint without them resumes with these zero-filled.
+FIELDS_ADDED_LATER = {"augment": "ADA's augmentation probability p and its r_t statistics"}
+
+
 class CheckpointError(UserError, RuntimeError):
   """A checkpoint cannot be written or read; the message says what to do."""
 
@@ -159,8 +164,34 @@ class Checkpointer:
           "version of this code.") from e
 
   def _read_state(self, step: int, abstract_state: Any) -> Any:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))["state"]
+    absent = self._fields_added_later(step, abstract_state)
+    if not absent:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    if jax.process_index() == 0:
+      logging.warning("Checkpoint step %d predates the train-state field(s) %s; they start at "
+                      "zero (%s).", step, ", ".join(absent),
+                      "; ".join(FIELDS_ADDED_LATER[name] for name in absent))
+    target = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+              if f.name not in absent}  # The saved tree: the state's fields by name.
+    saved = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["state"]
+    zeros = {name: jax.tree.map(
+        lambda s: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding),
+        getattr(abstract_state, name)) for name in absent}
+    return type(abstract_state)(**saved, **zeros)
+
+  def _fields_added_later(self, step: int, abstract_state: Any) -> tuple[str, ...]:
+    """Fields of `abstract_state` in FIELDS_ADDED_LATER that checkpoint `step` lacks."""
+    if not dataclasses.is_dataclass(abstract_state):
+      return ()
+    wanted = [f.name for f in dataclasses.fields(abstract_state) if f.name in FIELDS_ADDED_LATER]
+    if not wanted:
+      return ()
+    from etils import epath
+    saved = set(ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state").keys())
+    return tuple(name for name in wanted if name not in saved)
 
   def restore_newest_readable(
       self, abstract_state: Any,

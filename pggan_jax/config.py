@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from gan_core.errors import ConfigError
+from gan_core.augment import augment_config
 from gan_core.eval.config import eval_config
 from gan_core.guard import guard_config
 
@@ -34,6 +35,10 @@ def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   c.download_dataset = False
   c.random_flip = True  # Horizontal flips of the reals (the official mirror_augment).
   c.data_workers = 0  # Decoding threads per process; 0: all cores but one.
+  # Train on a class-balanced subset of about this fraction of the dataset (small-data runs),
+  # chosen by dataset_subset_seed alone: the same images for any seed or augmentation.
+  c.dataset_fraction = 1.0
+  c.dataset_subset_seed = 0
 
   # Schedule, in thousands of real images shown to D (pggan_jax/schedule.py).
   c.initial_resolution = 4
@@ -70,6 +75,9 @@ def base_config(max_resolution: int = 1024) -> ml_collections.ConfigDict:
   # skipped for non-finite gradients) or D(real) - D(fake) above max_d_margin roll back to
   # the last good checkpoint, at most max_rollbacks times.
   c.guard = guard_config(spectral_norm_signals=False)
+  # Augmentation of everything D sees (DiffAugment or ADA) at the current resolution,
+  # after the fade-in blend of the reals; see gan_core/augment.py.
+  c.augment = augment_config()
   c.max_to_keep = 3
   # Besides the newest max_to_keep, keep one checkpoint at least every this many iterations for
   # good (0: none).

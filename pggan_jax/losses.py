@@ -51,7 +51,8 @@ def d_wgan_gp(d_apply: DApply, reals: jax.Array, fakes: jax.Array, labels: jax.A
           + drift * wgan_epsilon)
   metrics = {"d_real": jnp.mean(real_scores), "d_fake": jnp.mean(fake_scores),
              "gradient_penalty": jnp.mean(penalty), "gradient_norm": jnp.mean(norms),
-             "drift_penalty": jnp.mean(drift)}
+             "drift_penalty": jnp.mean(drift),
+             "real_scores": real_scores}  # Per example, for ADA's r_t; the caller pops it.
   if real_logits is not None:
     label_loss = _label_penalty(real_logits, labels) + _label_penalty(fake_logits, labels)
     loss = loss + label_loss * cond_weight

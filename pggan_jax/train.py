@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gan_core import checkpointing, loops, monitoring, parallel, training
+from gan_core import augment, checkpointing, loops, monitoring, parallel, training
 from gan_core.errors import ConfigError
 from gan_core.ema import ema_update
 from gan_core.images import images_to_uint8
@@ -45,6 +45,7 @@ class TrainState:
   g_opt_state: Any
   d_opt_state: Any
   ema_params: Any
+  augment: Any  # ADA's p and r_t statistics (gan_core/augment.py); inert for other kinds.
 
 
 class TFAdamState(NamedTuple):
@@ -108,6 +109,7 @@ class PGGANTrainer(checkpointing.StateLayout):
         raise ConfigError(f"batch_size.r{res}={batch} must be a multiple of the minibatch-stddev "
                          f"group size {group} (model.mbstd_group_size)")
     self.unroll = loops.should_unroll(config.scan_unroll)
+    self.augmenter = augment.Augmenter(config)
     self.tx = tf_adam(config.adam_b1, config.adam_b2, config.adam_eps)
     self.replicated = parallel.replicated(mesh)
     self.batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
@@ -134,7 +136,7 @@ class PGGANTrainer(checkpointing.StateLayout):
                       skipped_updates=jnp.zeros((), jnp.int32), rng=train_key,
                       g_params=g_params, d_params=d_params,
                       g_opt_state=self.tx.init(g_params), d_opt_state=self.tx.init(d_params),
-                      ema_params=g_params)
+                      ema_params=g_params, augment=augment.init_state(self.config))
 
   def _reset_optimizers(self, state: TrainState) -> TrainState:
     return state.replace(g_opt_state=self.tx.init(state.g_params),
@@ -147,6 +149,13 @@ class PGGANTrainer(checkpointing.StateLayout):
   def _g_apply(self, params, z, labels, res, alpha, fading):
     return self.generator.apply({"params": params}, z, labels, res=res, alpha=alpha,
                                 fading=fading)
+
+  def _augment(self, x, key, aug_state):
+    """D's input through the configured augmentation (its own key: a run without
+    augmentation draws exactly the random numbers it drew before augmentation existed)."""
+    if not self.augmenter.enabled:
+      return x
+    return self._shard(self.augmenter.apply(x, jax.random.fold_in(key, 0xA06), aug_state))
 
   def _d_apply_fn(self, params, res, alpha, fading):
     return lambda x: self.discriminator.apply({"params": params}, x, res=res, alpha=alpha,
@@ -174,7 +183,7 @@ class PGGANTrainer(checkpointing.StateLayout):
                    wgan_epsilon=cfg.wgan_epsilon, cond_weight=cfg.cond_weight)
 
     def d_step(carry, inputs):
-      d_params, d_opt_state, ema_params = carry
+      d_params, d_opt_state, ema_params, aug_state = carry
       images, labels, k = inputs
       # The official loop runs the G-EMA update together with every D update.
       ema_params = ema_update(ema_params, state.g_params, cfg.ema_decay)
@@ -185,21 +194,26 @@ class PGGANTrainer(checkpointing.StateLayout):
       labels = labels if conditional else None
       z = self._shard(jax.random.normal(kz, (batch_size, self.latent_size), jnp.float32))
       fakes = jax.lax.stop_gradient(self._g_apply(state.g_params, z, labels, res, alpha, fading))
+      # Reals and fakes augmented independently (the gradient penalty then mixes the
+      # augmented images), keyed apart from the latents and the penalty's mixing.
+      reals = self._augment(reals, jax.random.fold_in(k, 1), state.augment)
+      fakes = self._augment(fakes, jax.random.fold_in(k, 2), state.augment)
 
       def loss_fn(params):
         return losses.d_wgan_gp(self._d_apply_fn(params, res, alpha, fading), reals, fakes,
                                 labels, kgp, **loss_kw)
 
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+      aug_state = self.augmenter.observe(aug_state, metrics.pop("real_scores"))
       d_params, d_opt_state, finite = self._adam_step(d_params, d_opt_state, grads,
                                                       learning_rate)
       metrics = dict(metrics, d_loss=loss, d_grad_norm=optax.global_norm(grads),
                      **{"layer_grad_norm/D": monitoring.layer_norms(grads)},
                      d_skipped=1.0 - finite.astype(jnp.float32))
-      return (d_params, d_opt_state, ema_params), metrics
+      return (d_params, d_opt_state, ema_params, aug_state), metrics
 
-    (d_params, d_opt_state, ema_params), d_metrics = loops.scan(
-        d_step, (state.d_params, state.d_opt_state, state.ema_params),
+    (d_params, d_opt_state, ema_params, aug_state), d_metrics = loops.scan(
+        d_step, (state.d_params, state.d_opt_state, state.ema_params, state.augment),
         (batch["images"], batch["labels"], jax.random.split(d_key, cfg.num_d_steps)),
         self.unroll)
 
@@ -209,7 +223,8 @@ class PGGANTrainer(checkpointing.StateLayout):
               if conditional else None)
 
     def g_loss_fn(params):
-      fakes = self._g_apply(params, z, labels, res, alpha, fading)
+      fakes = self._augment(self._g_apply(params, z, labels, res, alpha, fading), g_key,
+                            state.augment)
       return losses.g_wgan(self._d_apply_fn(d_params, res, alpha, fading), fakes, labels,
                            cfg.cond_weight)
 
@@ -224,12 +239,14 @@ class PGGANTrainer(checkpointing.StateLayout):
                    g_param_norm=optax.global_norm(g_params),
                    d_param_norm=optax.global_norm(d_params))
     metrics["layer_grad_norm/G"] = monitoring.layer_norms(g_grads)
+    aug_state = self.augmenter.adapt(aug_state, state.step, cfg.num_d_steps * batch_size)
+    metrics.update(self.augmenter.metrics(aug_state))
     skipped = jnp.sum(d_metrics["d_skipped"]) + metrics["g_skipped"]
     new_state = TrainState(
         step=state.step + 1, images_seen=state.images_seen + cfg.num_d_steps * batch_size,
         skipped_updates=state.skipped_updates + skipped.astype(jnp.int32), rng=state.rng,
         g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-        d_opt_state=d_opt_state, ema_params=ema_params)
+        d_opt_state=d_opt_state, ema_params=ema_params, augment=aug_state)
     return new_state, metrics
 
   # ---------------------------------------------------------------- sampling
