@@ -25,11 +25,18 @@ def test_digits32_default_trains_to_recognisable_digits(tmp_path):
   assert train.returncode == 0, train.stderr[-3000:]
   out = tmp_path / "samples.npz"
   sample = subprocess.run([sys.executable, "-m", "biggan_jax.sample", f"--workdir={tmp_path}",
-                           f"--out={out}", "--num_samples=500", "--seed=1"], cwd=REPO,
+                           f"--out={out}", "--num_samples=898", "--seed=1"], cwd=REPO,
                           capture_output=True, text=True)
   assert sample.returncode == 0, sample.stderr[-3000:]
-  from gan_core.eval.digits import digit_accuracy
+  from gan_core.eval.digits import digit_report, format_report
   data = np.load(out)
-  accuracy = digit_accuracy(data["images"], data["labels"])
-  print(f"digits32: {minutes:.1f} min, digit accuracy of G-EMA samples {accuracy:.3f}")
-  assert accuracy > 0.8
+  report = digit_report(data["images"], data["labels"])
+  print(f"digits32: {minutes:.1f} min\n{format_report(report)}")
+  samples = report["samples"]
+  # Measured 2026-12-01 (2-core CPU, 8.4 min): accuracy 0.999, precision 0.884, all classes,
+  # but recall 0.016 and within-class diversity 0.48 of the real digits' (issue 14's goal of
+  # recall >= 0.6 is not reached yet; see RESULTS.md).
+  assert samples["digit_accuracy"] >= 0.95
+  assert samples["precision"] >= 0.7
+  assert samples["classes_present"] == 10
+  assert minutes < 12

@@ -25,15 +25,18 @@ def test_pggan_digits32_default_grows_into_recognisable_digits(tmp_path):
   assert train.returncode == 0, train.stderr[-3000:]
   out = tmp_path / "samples.npz"
   sample = subprocess.run([sys.executable, "-m", "pggan_jax.sample", f"--workdir={tmp_path}",
-                           f"--out={out}", "--num_samples=500", "--seed=1"], cwd=REPO,
+                           f"--out={out}", "--num_samples=898", "--seed=1"], cwd=REPO,
                           capture_output=True, text=True, env=env)
   assert sample.returncode == 0, sample.stderr[-3000:]
-  from gan_core.eval.digits import digit_report
+  from gan_core.eval.digits import digit_report, format_report
   images = np.load(out)["images"]
-  assert images.shape == (500, 32, 32, 3)
+  assert images.shape == (898, 32, 32, 3)
   report = digit_report(images)
-  print(f"pggan_digits32: {minutes:.1f} min, {report}")
-  # Measured 0.488 (2-core CPU, 11.0 min); real digits score 0.998, noise or blank images 0.
-  assert report["precision"] > 0.3  # Inside the real digits' 3-NN balls.
-  assert report["classes_over_5pct"] >= 8  # Varied classes, no collapse.
+  print(f"pggan_digits32: {minutes:.1f} min\n{format_report(report)}")
+  samples = report["samples"]
+  # Issue 14 measured precision 0.39 / recall 0.77 on this measure (real digits: 0.90 / 0.91):
+  # varied, but most samples off the real digits' manifold.
+  assert samples["precision"] > 0.3
+  assert samples["recall"] > 0.6  # Varied digits, no collapse.
+  assert samples["classes_present"] >= 9
   assert minutes < 20
