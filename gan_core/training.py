@@ -289,7 +289,9 @@ def write_config(resolved: dict[str, Any], workdir: str) -> None:
 
 def real_batches_of(config: ml_collections.ConfigDict):
   """`real_batches(resolution, batch)` for the evaluator: unflipped reals of the config's
-  dataset from position 0, box-downsampled to `resolution` (as D sees them)."""
+  dataset from position 0, box-downsampled to `resolution` (as D sees them). The whole
+  dataset even when training uses a `dataset_fraction` of it: the measure of a small-data
+  run is how well it reproduces the distribution, not its few training images."""
   reals = build_pipeline(config.dataset, config.model.resolution, config.seed + 7,
                          random_flip=False, data_dir=config.data_dir or None,
                          download=config.download_dataset, num_workers=config.data_workers)
@@ -346,7 +348,9 @@ def _train(task: Task, config, workdir: str, max_iterations: int | None) -> Any:
   mesh = parallel.make_mesh()
   pipeline = build_pipeline(config.dataset, config.model.resolution, config.seed,
                             task.random_flip, data_dir=config.data_dir or None,
-                            download=config.download_dataset, num_workers=config.data_workers)
+                            download=config.download_dataset, num_workers=config.data_workers,
+                            fraction=config.get("dataset_fraction", 1.0),
+                            subset_seed=config.get("dataset_subset_seed", 0))
   task.build(pipeline.num_classes, mesh)
   cadence = {name: Cadence(config, name) for name in ("log", "checkpoint", "sample", "eval")}
   checkpoints = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir),

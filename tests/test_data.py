@@ -139,3 +139,27 @@ def test_indexed_pipeline_downscale_matches_box_downsampling():
 def test_tfds_dataset_not_prepared_explains_how_to_get_it(tmp_path):
   with pytest.raises(DataError, match="tfds build mnist"):
     build_pipeline("mnist", 16, 0, False, data_dir=str(tmp_path))
+
+
+def test_dataset_fraction_is_a_seeded_class_balanced_subset():
+  from gan_core.data.sources import SubsetSource, digits_source, subset_indices
+  source = digits_source(8)
+  counts = np.bincount(source.labels, minlength=10)
+  chosen = subset_indices(source, 0.1, seed=0)
+  np.testing.assert_array_equal(np.bincount(source.labels[chosen], minlength=10),
+                                np.round(0.1 * counts).astype(int))
+  np.testing.assert_array_equal(chosen, subset_indices(source, 0.1, seed=0))
+  assert not np.array_equal(chosen, subset_indices(source, 0.1, seed=1))
+  subset = SubsetSource(source, chosen)
+  image, label = subset.load(3)
+  np.testing.assert_array_equal(image, source.images[chosen[3]])
+  assert label == source.labels[chosen[3]] == subset.labels[3]
+  # The training seed shuffles the subset; it does not choose it.
+  pipeline = build_pipeline("digits", 8, seed=5, random_flip=False, fraction=0.1)
+  assert pipeline.num_examples == len(chosen) == 179  # 17 or 18 of each class.
+  seen = take(pipeline.iterate(0, (179,)), 1)[0]["images"]
+  expected = {img.tobytes() for img in source.images[chosen]}
+  assert {img.tobytes() for img in seen} == expected  # One epoch: exactly the subset.
+  for bad in (0.0, 1.5):
+    with pytest.raises(DataError, match="dataset_fraction"):
+      subset_indices(source, bad, seed=0)

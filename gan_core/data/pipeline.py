@@ -173,12 +173,19 @@ def build_source(dataset: str, image_size: int, data_dir: str | None = None,
 
 def build_pipeline(dataset: str, image_size: int, seed: int, random_flip: bool,
                    data_dir: str | None = None, download: bool = False,
-                   num_workers: int = 0) -> IndexedPipeline:
-  """The training (or evaluation) pipeline of `dataset`; see `build_source`."""
+                   num_workers: int = 0, fraction: float = 1.0,
+                   subset_seed: int = 0) -> IndexedPipeline:
+  """The training (or evaluation) pipeline of `dataset`; see `build_source`. With
+  `fraction` < 1, only a class-balanced subset chosen by `subset_seed` (`subset_indices`)."""
+  from gan_core.data.sources import SubsetSource, subset_indices
   source = build_source(dataset, image_size, data_dir, download)
+  full = len(source)
+  if fraction != 1.0:
+    source = SubsetSource(source, subset_indices(source, fraction, subset_seed))
   pipeline = IndexedPipeline(source, seed, random_flip, num_workers)
-  logging.info("Data: %s, %d examples, %d classes, %dpx, %d decoding workers.", dataset,
-               pipeline.num_examples, pipeline.num_classes, image_size, pipeline.num_workers)
+  logging.info("Data: %s, %d examples%s, %d classes, %dpx, %d decoding workers.", dataset,
+               pipeline.num_examples, f" (a {fraction:g} subset of {full})" if fraction != 1.0
+               else "", pipeline.num_classes, image_size, pipeline.num_workers)
   return pipeline
 
 

@@ -68,6 +68,48 @@ class ArraySource:
     return self.images[indices], self.labels[indices]
 
 
+class SubsetSource:
+  """The examples `indices` of another source, renumbered 0..len-1 (a small-data subset)."""
+
+  def __init__(self, source: ImageSource, indices: np.ndarray):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+    self.num_classes = source.num_classes
+    self.image_size = source.image_size
+    labels = getattr(source, "labels", None)
+    if labels is not None:
+      self.labels = np.asarray(labels)[self.indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def load(self, index: int, downscale: int = 1) -> tuple[np.ndarray, int]:
+    return self.source.load(int(self.indices[index]), downscale)
+
+  def get(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    return get_examples(self, indices)
+
+
+def subset_indices(source: ImageSource, fraction: float, seed: int) -> np.ndarray:
+  """A seeded subset of about `fraction` of `source`, class-balanced when labels are known:
+  round(fraction * class size) examples of every class (at least one), chosen by a
+  permutation that depends only on `seed`, so runs with other training seeds or other
+  augmentation train on the same images. Sorted, for locality on disk."""
+  if not 0.0 < fraction <= 1.0:
+    raise DataError(f"dataset_fraction={fraction}: a fraction in (0, 1]")
+  rng = np.random.default_rng(seed)
+  labels = getattr(source, "labels", None)
+  if labels is None or not source.num_classes:
+    labels = np.zeros(len(source), np.int32)
+  labels = np.asarray(labels)
+  chosen = []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    count = max(1, int(round(fraction * len(members))))
+    chosen.append(rng.permutation(members)[:count])
+  return np.sort(np.concatenate(chosen))
+
+
 def digits_source(image_size: int = 32) -> ArraySource:
   """scikit-learn's bundled 8x8 handwritten digits, upsampled to `image_size`.
 
