@@ -105,6 +105,7 @@ def test_biggan_training_logs_metrics_and_keeps_the_best_checkpoint(tiny, fid_we
   kept.close()
 
 
+@pytest.mark.slow  # About 100 s; BigGAN's in-training evaluation runs by default.
 def test_pggan_training_evaluates_at_the_current_resolution(fid_weights_path, tmp_path,
                                                            fast_fid):
   from test_pggan_train import tiny_pggan_config

@@ -181,6 +181,7 @@ def test_import_places_every_tensor(tmp_path):
   assert float(params["attention3"]["gamma"]) == pytest.approx(0.7)
 
 
+@pytest.mark.slow  # About 2 minutes of subprocesses; the mapping and parity tests run by default.
 def test_import_and_sample_command_lines(tmp_path):
   """Download-named files through the CLIs; sampling given latents at a truncation between
   stored values gives our model's images; the sampler's own latents follow the module."""
