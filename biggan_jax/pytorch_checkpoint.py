@@ -24,7 +24,7 @@ from absl import logging
 
 from biggan_jax import pytorch_weights as pw
 from biggan_jax.train import BigGANTask, TrainState
-from gan_core import checkpointing, files, parallel, training
+from gan_core import augment, checkpointing, files, parallel, training
 from gan_core.errors import UserError
 from gan_core.eval import torch_pickle
 from gan_core.eval.weights import sha256_of_file
@@ -258,7 +258,8 @@ def import_biggan_pytorch(weights_dir: str, config: ml_collections.ConfigDict, w
     _, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = TrainState(step=np.asarray(step, np.int32), rng=train_key, g_params=g_params,
                        g_state=g_state, d_params=d_params, d_state=d_state, g_opt_state=g_opt,
-                       d_opt_state=d_opt, ema_params=ema_params, ema_state=ema_state)
+                       d_opt_state=d_opt, ema_params=ema_params, ema_state=ema_state,
+                       augment=augment.init_state(config))
   imported_from = {"format": "biggan_pytorch", "weights_dir": os.path.abspath(weights_dir),
                    "files": sorted(os.path.basename(p) for p in used.values()),
                    "itr": step, "ema_only": ema_only}
