@@ -182,11 +182,10 @@ class BigGANTrainer(checkpointing.StateLayout):
 
   # ---------------------------------------------------------------- one iteration
   def _augment(self, x, key, aug_state):
-    """D's input through the configured augmentation, with a key of its own (the
-    latents keep theirs, so a run without augmentation is unchanged by its existence)."""
+    """D's input through the configured augmentation (none: untouched)."""
     if not self.augmenter.enabled:
       return x
-    return self._shard_batch(self.augmenter.apply(x, jax.random.fold_in(key, 0xA06), aug_state))
+    return self._shard_batch(self.augmenter.apply(x, key, aug_state))
 
   def _d_micro_step(self, g_params, d_params, carry, inputs):
     g_state, d_state, grad_sum, aug_state = carry

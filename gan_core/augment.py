@@ -264,20 +264,12 @@ def _rotate_about(axis: jax.Array, theta: jax.Array) -> jax.Array:
                   [0, 0, 0, 1]])
 
 
-def _reflect_index(i: jax.Array, n: int) -> jax.Array:
-  """Integer indices reflected into [0, n) without repeating the edge (…2 1 0 1 2…)."""
-  if n == 1:
-    return jnp.zeros_like(i)
-  period = 2 * (n - 1)
-  i = jnp.mod(i, period)
-  return jnp.where(i > n - 1, period - i, i)
-
-
-def _reflect_coordinate(u: jax.Array, n: int) -> jax.Array:
-  """Continuous coordinates reflected about pixel centres 0 and n - 1 into [0, n - 1]."""
+def _reflect(u: jax.Array, n: int) -> jax.Array:
+  """Indices or coordinates reflected about pixel centres 0 and n - 1 into [0, n - 1],
+  without repeating the edge (…2 1 0 1 2…, as reflect padding)."""
   if n == 1:
     return jnp.zeros_like(u)
-  period = 2.0 * (n - 1)
+  period = 2 * (n - 1)
   u = jnp.mod(u, period)
   return jnp.where(u > n - 1, period - u, u)
 
@@ -287,7 +279,7 @@ def _filter_axis(x: jax.Array, taps: np.ndarray, axis: int, start: int) -> jax.A
   n = x.shape[axis]
   out = 0.0
   for k, tap in enumerate(taps):
-    index = _reflect_index(jnp.arange(n) + start + k, n)
+    index = _reflect(jnp.arange(n) + start + k, n)
     out = out + float(tap) * jnp.take(x, index, axis=axis)
   return out
 
@@ -345,7 +337,7 @@ def _border(u: jax.Array, n: int, pad: int) -> jax.Array:
   """Source coordinates: as they are inside the padded image (whose margin already holds
   the reflection), reflected into the image beyond it."""
   inside = (u >= 1 - pad) & (u <= n - 2 + pad)
-  return jnp.where(inside, u, _reflect_coordinate(u, n))
+  return jnp.where(inside, u, _reflect(u, n))
 
 
 def resample(x: jax.Array, g_inv: jax.Array) -> jax.Array:
@@ -416,7 +408,10 @@ class Augmenter:
     return state["p"] if self.adaptive else jnp.float32(self.c.p)
 
   def apply(self, x: jax.Array, key: jax.Array, state: dict[str, jax.Array]) -> jax.Array:
-    """Augments a batch of D's input (reals and fakes alike); identity when off."""
+    """Augments a batch of D's input (reals and fakes alike); identity when off. Draws
+    from a stream of its own folded out of `key`, so the caller's other uses of `key`
+    (latents) stay what they are without augmentation."""
+    key = jax.random.fold_in(key, 0xA06)
     if self.kind == "diffaugment":
       return diff_augment(x, key, self.c.policy, self.c.translation_ratio, self.c.cutout_ratio)
     if self.kind == "ada":

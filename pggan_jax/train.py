@@ -151,11 +151,10 @@ class PGGANTrainer(checkpointing.StateLayout):
                                 fading=fading)
 
   def _augment(self, x, key, aug_state):
-    """D's input through the configured augmentation (its own key: a run without
-    augmentation draws exactly the random numbers it drew before augmentation existed)."""
+    """D's input through the configured augmentation (none: untouched)."""
     if not self.augmenter.enabled:
       return x
-    return self._shard(self.augmenter.apply(x, jax.random.fold_in(key, 0xA06), aug_state))
+    return self._shard(self.augmenter.apply(x, key, aug_state))
 
   def _d_apply_fn(self, params, res, alpha, fading):
     return lambda x: self.discriminator.apply({"params": params}, x, res=res, alpha=alpha,

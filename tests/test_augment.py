@@ -137,13 +137,16 @@ def test_ada_is_identity_at_p_zero_and_changes_images_at_p_one():
   assert 0.7 < unchanged < 0.99  # About (1 - 0.01)^13 of them.
 
 
+def augmenter(kind, p):
+  """An Augmenter of `kind` at a fixed-start p, and its initial state."""
+  config = tiny_config()
+  config.augment.kind, config.augment.p = kind, p
+  return augment.Augmenter(config), augment.init_state(config)
+
+
 @pytest.mark.parametrize("kind", ["diffaugment", "ada"])
 def test_gradients_flow_through_the_augmentation(kind):
-  config = tiny_config()
-  config.augment.kind = kind
-  config.augment.p = 0.5
-  aug = augment.Augmenter(config)
-  state = augment.init_state(config)
+  aug, state = augmenter(kind, p=0.5)
   x = images(4, 16)
   grad = jax.grad(lambda x: jnp.sum(jnp.square(aug.apply(x, KEY, state))))(x)
   assert np.all(np.isfinite(grad)) and np.abs(np.asarray(grad)).sum() > 0
@@ -151,11 +154,7 @@ def test_gradients_flow_through_the_augmentation(kind):
 
 @pytest.mark.parametrize("kind", ["diffaugment", "ada"])
 def test_same_key_same_augmentation_on_one_and_eight_devices(kind):
-  config = tiny_config()
-  config.augment.kind = kind
-  config.augment.p = 0.8
-  aug = augment.Augmenter(config)
-  state = augment.init_state(config)
+  aug, state = augmenter(kind, p=0.8)
   x = images(16, 16)
   outs = []
   for devices in (jax.devices()[:1], jax.devices()):
