@@ -11,6 +11,8 @@ CPU tensors under `torch.no_grad()` with torch's default thread count. One
 untimed batch warms each up (compilation for ours). Prints `images/s: X` for
 ours, then torch-fidelity's and the ratio when torch and torch-fidelity are
 installed (`pip install torch==2.13.0 && pip install --no-deps torch-fidelity`).
+Ours also prints `model GFLOP/iteration` (one batch, XLA's cost analysis), achieved TFLOP/s,
+`MFU` and `peak memory` (gan_core/perf.py); `--profile=DIR` traces the timed batches.
 """
 from __future__ import annotations
 
@@ -28,18 +30,33 @@ flags.DEFINE_integer("image_size", 64, "Side of the square uint8 input images.")
 flags.DEFINE_bool("torch", True, "Also time torch-fidelity when it is installed.")
 flags.DEFINE_bool("cpu_ynnpack", True, "XLA:CPU YNNPACK fusions (gan_core/xla_flags.py).")
 flags.DEFINE_bool("bf16", False, "Our extractor in bfloat16 (accelerators).")
+flags.DEFINE_string("profile", "", "Write a jax.profiler trace of our timed batches here.")
 FLAGS = flags.FLAGS
 
 
 def time_ours(variables, images) -> float:
+  import jax
   import jax.numpy as jnp
+  from gan_core import parallel, perf
   from gan_core.eval.features import InceptionFeatures
   extractor = InceptionFeatures(variables, batch_size=FLAGS.batch_size, progress=False,
                                 dtype=jnp.bfloat16 if FLAGS.bf16 else jnp.float32)
   extractor(images[:FLAGS.batch_size])
-  start = time.perf_counter()
-  extractor(images)
-  return len(images) / (time.perf_counter() - start)
+  with perf.trace(FLAGS.profile):
+    start = time.perf_counter()
+    extractor(images)
+    seconds = time.perf_counter() - start
+  # The same program on one batch, lowered again for its cost and memory analyses.
+  batch = jax.ShapeDtypeStruct((extractor.batch_size,) + images.shape[1:], jnp.uint8,
+                               sharding=parallel.batch_sharding(extractor.mesh))
+  with jax.default_matmul_precision("highest"):
+    lowered = extractor._apply.lower(extractor.variables, batch)
+  batches = -(-len(images) // extractor.batch_size)
+  for line in perf.format_report(perf.flops_of(lowered), seconds / batches,
+                                 perf.peak_memory_bytes(lowered.compile()),
+                                 "bfloat16" if FLAGS.bf16 else "float32"):
+    print(line.replace("iteration", "batch"))
+  return len(images) / seconds
 
 
 def time_torch_fidelity(weight_file, images) -> float | None:

@@ -7,7 +7,11 @@ For every selected resolution it compiles and times the fade-in iteration
 (resolutions above the initial one) and the stable iteration on synthetic uint8
 data on all devices, and prints one line per phase:
 `res=R fading=F batch=B compile_s=C ms/iteration=M images/s=X`
-(images/s counts real images shown to D: num_d_steps * batch per iteration).
+(images/s counts real images shown to D: num_d_steps * batch per iteration), followed by
+the phase's `gflop=` (model FLOPs per iteration, XLA's cost analysis of the iteration traced
+without loops), `tflops=` (achieved), `mfu=` (against the device peak for the config's compute
+dtype, see gan_core/perf.py) and `peak_mem_gib=` (compiled memory analysis).
+`--profile=DIR` writes a `jax.profiler` trace of the timed iterations (all phases).
 """
 from __future__ import annotations
 
@@ -28,11 +32,12 @@ flags.DEFINE_integer("batch_size", None, "Global batch size for every resolution
 flags.DEFINE_string("resolutions", "", "Comma-separated resolutions (default: all).")
 flags.DEFINE_integer("steps", 5, "Timed iterations per phase.")
 flags.DEFINE_integer("warmup", 1, "Untimed iterations after compilation.")
+flags.DEFINE_string("profile", "", "Write a jax.profiler trace of the timed iterations here.")
 FLAGS = flags.FLAGS
 
 
 def main(_):
-  from gan_core import parallel
+  from gan_core import parallel, perf
   from pggan_jax.train import PGGANTrainer
   config = FLAGS.config
   if FLAGS.batch_size:
@@ -41,6 +46,10 @@ def main(_):
   mesh = parallel.make_mesh()
   num_classes = config.model.num_classes
   trainer = PGGANTrainer(config, num_classes, mesh)
+  unrolled_config = config.copy_and_resolve_references()
+  unrolled_config.scan_unroll = "always"
+  unrolled = PGGANTrainer(unrolled_config, num_classes, mesh)  # Lowered only, for FLOPs.
+  dtype = perf.dtype_name(config.model.compute_dtype)
   state = trainer.init_state(config.seed)
   wanted = [int(r) for r in FLAGS.resolutions.split(",") if r] or trainer.resolutions
   rng = np.random.default_rng(0)
@@ -58,22 +67,33 @@ def main(_):
             rng.integers(0, max(num_classes, 1), local).astype(np.int32), mesh, 1)}
     for fading in ((True, False) if res > config.initial_resolution else (False,)):
       alpha, lr = jnp.float32(0.5 if fading else 1.0), jnp.float32(1e-3)
-      run = lambda s: trainer.train_iteration(s, batch, alpha, lr, res=res, fading=fading)
       t0 = time.perf_counter()
+      compiled = trainer.train_iteration.lower(state, batch, alpha, lr, res=res,
+                                               fading=fading).compile()
+      run = lambda s: compiled(s, batch, alpha, lr)
       state, metrics = run(state)
       jax.block_until_ready(metrics)
       compile_s = time.perf_counter() - t0
+      flops = perf.flops_of(unrolled.train_iteration.lower(state, batch, alpha, lr, res=res,
+                                                           fading=fading))
       for _ in range(FLAGS.warmup):
         state, metrics = run(state)
       jax.block_until_ready(metrics)
-      t0 = time.perf_counter()
-      for _ in range(FLAGS.steps):
-        state, metrics = run(state)
-      jax.block_until_ready(metrics)
-      ms = (time.perf_counter() - t0) / FLAGS.steps * 1000
+      with perf.trace(FLAGS.profile):  # One trace run per phase.
+        t0 = time.perf_counter()
+        for _ in range(FLAGS.steps):
+          state, metrics = run(state)
+        jax.block_until_ready(metrics)
+        ms = (time.perf_counter() - t0) / FLAGS.steps * 1000
       images = config.num_d_steps * batch_size
+      u = perf.utilisation(flops, ms / 1000, dtype)
+      memory = perf.peak_memory_bytes(compiled)
+      mfu = "n/a" if u["mfu"] is None else f"{100 * u['mfu']:.2f}%"
+      mem = "n/a" if memory is None else f"{memory / 2 ** 30:.3f}"
       print(f"res={res} fading={fading} batch={batch_size} compile_s={compile_s:.1f} "
-            f"ms/iteration={ms:.1f} images/s={images / ms * 1000:.1f}", flush=True)
+            f"ms/iteration={ms:.1f} images/s={images / ms * 1000:.1f} "
+            f"gflop={flops / 1e9:.2f} tflops={u['tflops']:.3f} mfu={mfu} peak_mem_gib={mem}",
+            flush=True)
 
 
 if __name__ == "__main__":

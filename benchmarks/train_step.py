@@ -8,6 +8,11 @@ compiles, runs `--warmup` iterations, then times `--steps` iterations and prints
 per iteration) and `ms/iteration: X`. Extra `--config.FIELD=VALUE` overrides apply.
 `--compilation_cache=DIR` reads/writes the persistent compilation cache there (default off,
 so that the first call measures a compilation); run twice to time a cold and a warm start.
+
+Utilisation (gan_core/perf.py): `model GFLOP/iteration` (XLA's cost analysis of the iteration
+traced without loops), `achieved TFLOP/s`, `MFU` against the device's peak for the config's
+compute dtype (data sheet; measured with a GEMM on CPUs) and `peak memory` (compiled memory
+analysis). `--profile=DIR` writes a `jax.profiler` trace of the timed iterations.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True
 flags.DEFINE_integer("batch_size", None, "Global batch size (overrides the config).")
 flags.DEFINE_integer("steps", 10, "Timed iterations.")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after compilation.")
+flags.DEFINE_string("profile", "", "Write a jax.profiler trace of the timed iterations here.")
 flags.DEFINE_string("compilation_cache", "off", "Persistent compilation cache directory, or "
                     "'off'.")
 FLAGS = flags.FLAGS
@@ -32,7 +38,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
   from biggan_jax.train import BigGANTrainer
-  from gan_core import compilation_cache, parallel
+  from gan_core import compilation_cache, parallel, perf
   cache = compilation_cache.enable(FLAGS.compilation_cache)
   config = FLAGS.config
   if FLAGS.batch_size:
@@ -51,8 +57,9 @@ def main(_):
       "labels": parallel.global_array_from_local(
           rng.integers(0, num_classes, local).astype(np.int32), mesh, 2)}
   t0 = time.perf_counter()
-  trainer.train_iteration.lower(state, batch).compile()
+  compiled = trainer.train_iteration.lower(state, batch).compile()
   compile_only_s = time.perf_counter() - t0
+  flops = model_flops(config, num_classes, mesh, state, batch)
   t0 = time.perf_counter()
   state, metrics = trainer.train_iteration(state, batch)
   jax.block_until_ready(metrics)
@@ -60,11 +67,12 @@ def main(_):
   for _ in range(FLAGS.warmup):
     state, metrics = trainer.train_iteration(state, batch)
   jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = trainer.train_iteration(state, batch)
-  jax.block_until_ready(metrics)
-  elapsed = time.perf_counter() - t0
+  with perf.trace(FLAGS.profile):
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state, metrics = trainer.train_iteration(state, batch)
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - t0
   ms = elapsed / FLAGS.steps * 1000
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
         f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
@@ -76,6 +84,22 @@ def main(_):
   print(f"first call (compile + 1 iteration): {compile_s:.1f} s")
   print(f"images/s: {trainer.examples_per_iteration / (ms / 1000):.1f}")
   print(f"ms/iteration: {ms:.1f}")
+  for line in perf.format_report(flops, ms / 1000, perf.peak_memory_bytes(compiled),
+                                 perf.dtype_name(config.model.compute_dtype)):
+    print(line)
+  if FLAGS.profile:
+    print(f"trace: {FLAGS.profile}")
+
+
+def model_flops(config, num_classes, mesh, state, batch) -> float:
+  """FLOPs of one iteration: the iteration traced without loops (XLA's cost analysis
+  does not multiply loop bodies by their trip counts), lowered, not compiled."""
+  from biggan_jax.train import BigGANTrainer
+  from gan_core import perf
+  unrolled = config.copy_and_resolve_references()
+  unrolled.scan_unroll = "always"
+  trainer = BigGANTrainer(unrolled, num_classes, mesh)
+  return perf.flops_of(trainer.train_iteration.lower(state, batch))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.sn_eval = "power_iteration"
   m.truncation_bn_stats = 0
   m.compute_dtype = "float32"  # 'bfloat16' for bf16 activations (params, stats, losses stay f32).
+  # Rematerialise every G and D residual block: their activations are recomputed in the
+  # backward pass instead of kept, for larger per-device batches (README, "Memory").
+  m.remat = False
   return c
 
 

@@ -83,6 +83,7 @@ class Generator(nn.Module):
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   output_bn_eps: float = OUTPUT_BN_EPS
+  remat: bool = False
 
   @property
   def num_blocks(self) -> int:
@@ -112,8 +113,9 @@ class Generator(nn.Module):
     h = _linear_to_feature_map(h, channels)
     resolution = BOTTOM_WIDTH
     for index, out_mult in enumerate(out_mults):
-      h = GBlock(out_mult * self.ch, True, self.bn_eps, self.bn_momentum, self.sn_eps,
-                 self.dtype, name=f"block{index}")(h, conds[index], train)
+      h = _remat(GBlock, self.remat, 3)(
+          out_mult * self.ch, True, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
+          name=f"block{index}")(h, conds[index], train)
       resolution *= 2
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
@@ -129,6 +131,7 @@ class Discriminator(nn.Module):
   attention_resolutions: Sequence[int] = (64,)
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -137,12 +140,18 @@ class Discriminator(nn.Module):
     h = x.astype(self.dtype)
     resolution = self.resolution
     for index, (out_mult, down) in enumerate(zip(out_mults, downsample)):
-      h = DBlock(out_mult * self.ch, down, index > 0, self.sn_eps, self.dtype,
-                 name=f"block{index}")(h)
+      h = _remat(DBlock, self.remat)(out_mult * self.ch, down, index > 0, self.sn_eps,
+                                     self.dtype, name=f"block{index}")(h)
       resolution //= 2 if down else 1
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
     return _projection_head(h, y, self.num_classes, self.sn_eps)
+
+
+def _remat(block: type[nn.Module], remat: bool, *static_argnums: int) -> type[nn.Module]:
+  """`block`, or its rematerialised form (activations recomputed in the backward pass
+  instead of stored; same parameters, same function). static_argnums count `self` as 0."""
+  return nn.remat(block, static_argnums=static_argnums) if remat else block
 
 
 def _generator_output(g: nn.Module, h: jax.Array, train: bool,
@@ -186,6 +195,7 @@ class GeneratorDeep(nn.Module):
   output_bn_eps: float = OUTPUT_BN_EPS
   truncation_stats: int = 0
   sn_eval: str = "power_iteration"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, y: jax.Array, train: bool = True,
@@ -203,9 +213,10 @@ class GeneratorDeep(nn.Module):
     for index, (in_mult, out_mult) in enumerate(zip(in_mults, out_mults)):
       for sub in range(self.depth):
         last = sub == self.depth - 1
-        h = GBlockDeep((out_mult if last else in_mult) * self.ch, last, 4, self.bn_eps,
-                       self.bn_momentum, self.sn_eps, self.dtype, self.truncation_stats,
-                       self.sn_eval, name=f"block{index}_{sub}")(h, cond, train, truncation)
+        h = _remat(GBlockDeep, self.remat, 3, 4)(
+            (out_mult if last else in_mult) * self.ch, last, 4, self.bn_eps,
+            self.bn_momentum, self.sn_eps, self.dtype, self.truncation_stats,
+            self.sn_eval, name=f"block{index}_{sub}")(h, cond, train, truncation)
       resolution *= 2
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, self.sn_eval, name=f"attention{index}")(h)
@@ -222,6 +233,7 @@ class DiscriminatorDeep(nn.Module):
   attention_resolutions: Sequence[int] = (64,)
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -232,8 +244,9 @@ class DiscriminatorDeep(nn.Module):
     resolution = self.resolution
     for index, (out_mult, down) in enumerate(zip(out_mults, downsample)):
       for sub in range(self.depth):
-        h = DBlockDeep(out_mult * self.ch, down and sub == 0, 4, self.sn_eps, self.dtype,
-                       name=f"block{index}_{sub}")(h)
+        h = _remat(DBlockDeep, self.remat)(out_mult * self.ch, down and sub == 0, 4,
+                                           self.sn_eps, self.dtype,
+                                           name=f"block{index}_{sub}")(h)
       resolution //= 2 if down else 1
       if resolution in self.attention_resolutions:
         h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
@@ -254,7 +267,8 @@ def build_models(model_config: Any, num_classes: int) -> ModelPair:
   m = model_config
   dtype = jnp.dtype(m.compute_dtype)
   num_classes = max(num_classes, 1)  # Unconditional data: one class everybody shares.
-  common = dict(resolution=m.resolution, num_classes=num_classes, sn_eps=m.sn_eps, dtype=dtype)
+  common = dict(resolution=m.resolution, num_classes=num_classes, sn_eps=m.sn_eps, dtype=dtype,
+                remat=bool(m.get("remat", False)))
   # Fields added after the first checkpoints were written: absent means the old behaviour.
   output_bn_eps = m.get("output_bn_eps", OUTPUT_BN_EPS)
   truncation_stats = m.get("truncation_bn_stats", 0)

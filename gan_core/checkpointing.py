@@ -372,6 +372,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[
   return flat
 
 
+# Model settings that change how the same function is computed, not what it is: a run may
+# resume with them changed (logged like any other setting).
+NOT_ARCHITECTURE = frozenset({"model.remat"})
+
+
 def check_compatible(saved_meta: Mapping[str, Any], current_meta: Mapping[str, Any],
                      directory: str, step: int, model_keys: tuple[str, ...] = ("model",),
                      absent_means: Mapping[str, Any] | None = None) -> None:
@@ -389,7 +394,7 @@ def check_compatible(saved_meta: Mapping[str, Any], current_meta: Mapping[str, A
     old, new = saved_cfg.get(key, "<absent>"), current_cfg.get(key, "<absent>")
     if old == new:
       continue
-    if key.split(".")[0] in model_keys:
+    if key.split(".")[0] in model_keys and key not in NOT_ARCHITECTURE:
       problems.append(f"config {key}: checkpoint {old!r}, current {new!r}")
     elif jax.process_index() == 0:
       logging.warning("Resuming with a changed setting %s: checkpoint %r, current %r",

@@ -1,0 +1,142 @@
+"""Utilisation figures for the benchmarks: FLOPs, achieved TFLOP/s, MFU, peak memory, traces.
+
+- `flops_of(lowered)`: floating-point operations of one call, from XLA's HLO cost analysis
+  of the lowered (not yet optimised) program, i.e. the model's arithmetic as written, before
+  fusion or rematerialisation. Loops are not multiplied by their trip counts by that
+  analysis, so the benchmarks count a program traced without loops (`scan_unroll='always'`).
+- `peak_flops(device, dtype)`: the device's dense matmul peak, from published data-sheet
+  figures for accelerators (`PEAK_TFLOPS`), measured on the spot with a GEMM on CPUs.
+- `peak_memory_bytes(compiled)`: from XLA's memory analysis of the compiled program.
+- `trace(dir)`: a `jax.profiler` trace of the timed steps (view with TensorBoard/Perfetto).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense (no sparsity) peak TFLOP/s per chip: (bfloat16, float32 as JAX runs it by default).
+# GPUs: float32 matmuls run as TF32 on tensor cores under JAX's default precision.
+# TPUs: float32 matmuls run as bfloat16 passes under the default precision, so the
+# bfloat16 peak is the ceiling for both. Sources: NVIDIA H100/H200/A100 and Google
+# Cloud TPU v4/v5e/v5p data sheets. Matched in order against `device.device_kind`.
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H200", 989.4, 494.7),
+    ("H100 PCIe", 756.0, 378.0),
+    ("H100", 989.4, 494.7),  # SXM
+    ("A100", 312.0, 156.0),
+    ("TPU v5p", 459.0, 459.0),
+    ("TPU v5 lite", 197.0, 197.0),  # v5e's device_kind
+    ("TPU v5e", 197.0, 197.0),
+    ("TPU v4", 275.0, 275.0),
+)
+
+_CPU_PEAK_CACHE: dict[str, float] = {}
+
+
+def dtype_name(dtype: Any) -> str:
+  """'bfloat16' for any bfloat16 spelling or dtype, else 'float32' (the peak table's keys)."""
+  return "bfloat16" if "bf" in str(dtype).lower() else "float32"
+
+
+def flops_of(lowered: Any) -> float:
+  """FLOPs of one call of a lowered `jax.jit` program (0 where XLA reports none)."""
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def peak_memory_bytes(compiled: Any) -> int | None:
+  """Peak device memory of a compiled program: its arguments, outputs and temporaries,
+  less the outputs that alias (donated) arguments. None where the backend has no analysis."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # Some backends do not implement it.
+    return None
+  if m is None:
+    return None
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return int(total + getattr(m, "generated_code_size_in_bytes", 0))
+
+
+def measure_cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
+  """Best FLOP/s of an n x n GEMM on the default CPU device, measured now (cached)."""
+  key = f"{dtype}:{n}"
+  if key not in _CPU_PEAK_CACHE:
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      matmul(a, a).block_until_ready()
+      best = min(best, time.perf_counter() - t0)
+    _CPU_PEAK_CACHE[key] = 2.0 * n ** 3 / best
+  return _CPU_PEAK_CACHE[key]
+
+
+def peak_flops(device: jax.Device | None = None, dtype: str = "float32") -> tuple[float, str]:
+  """(peak FLOP/s of one device for `dtype`, where the figure comes from)."""
+  device = device or jax.devices()[0]
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype={dtype!r}: choose 'float32' or 'bfloat16'")
+  if device.platform == "cpu":
+    return measure_cpu_peak_flops(dtype), f"measured {dtype} GEMM on this CPU"
+  kind = device.device_kind
+  for name, bf16, f32 in PEAK_TFLOPS:
+    if name.lower() in kind.lower():
+      return (bf16 if dtype == "bfloat16" else f32) * 1e12, f"{name} data sheet ({dtype})"
+  raise KeyError(f"no peak figure for device kind {kind!r}: add it to gan_core.perf.PEAK_TFLOPS")
+
+
+def utilisation(flops_per_call: float, seconds_per_call: float, dtype: str = "float32",
+                num_devices: int | None = None) -> dict[str, Any]:
+  """Achieved TFLOP/s (all devices) and MFU against `num_devices` x the device peak."""
+  num_devices = num_devices or jax.device_count()
+  achieved = flops_per_call / seconds_per_call
+  out: dict[str, Any] = {"tflops": achieved / 1e12}
+  try:
+    peak, source = peak_flops(jax.devices()[0], dtype)
+  except KeyError as e:
+    out.update(mfu=None, peak_source=str(e))
+    return out
+  if jax.devices()[0].platform == "cpu":
+    num_devices = 1  # Simulated CPU devices share one processor: one measured peak.
+  out.update(mfu=achieved / (peak * num_devices), peak_tflops=peak / 1e12 * num_devices,
+             peak_source=source)
+  return out
+
+
+def format_report(flops_per_call: float, seconds_per_call: float, peak_bytes: int | None,
+                  dtype: str = "float32") -> list[str]:
+  """The benchmark lines: model FLOPs, achieved TFLOP/s, MFU and peak memory."""
+  u = utilisation(flops_per_call, seconds_per_call, dtype)
+  lines = [f"model GFLOP/iteration: {flops_per_call / 1e9:.2f}",
+           f"achieved TFLOP/s: {u['tflops']:.3f}"]
+  if u["mfu"] is None:
+    lines.append(f"MFU: n/a ({u['peak_source']})")
+  else:
+    lines.append(f"MFU: {100 * u['mfu']:.1f}% (peak {u['peak_tflops']:.2f} TFLOP/s, "
+                 f"{u['peak_source']})")
+  lines.append("peak memory: n/a" if peak_bytes is None
+               else f"peak memory: {peak_bytes / 2 ** 30:.3f} GiB (compiled memory analysis)")
+  return lines
+
+
+@contextlib.contextmanager
+def trace(directory: str | None) -> Iterator[None]:
+  """A `jax.profiler` trace into `directory` around the block (nothing when None/empty)."""
+  if not directory:
+    yield
+    return
+  jax.profiler.start_trace(directory)
+  try:
+    yield
+  finally:
+    jax.profiler.stop_trace()

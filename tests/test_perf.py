@@ -1,0 +1,130 @@
+"""Benchmark utilisation figures: XLA's FLOP count against an analytic one, MFU and memory plumbing."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import REPO, load_config
+from gan_core import perf
+
+
+# ------------------------------------------------------------------ analytic BigGAN-128 count
+def _conv3(h: int, cin: int, cout: int, valid_taps: bool) -> int:
+  """MACs of a 3x3 'same' convolution on an h x h map. valid_taps: only the taps that land
+  inside the image (XLA's cost analysis convention); else all 9 per output (the usual one)."""
+  taps = (3 * h - 2) ** 2 if valid_taps else 9 * h * h
+  return taps * cin * cout
+
+
+def _attention(r: int, c: int) -> int:
+  """BigGAN self-attention on an r x r map with c channels: 1x1 theta/phi (c/8), g (c/2),
+  o (c/2 -> c) at full resolution, keys and values max-pooled 2x2, two matmuls."""
+  n = r * r
+  return n * c * (c // 8) * 2 + n * c * (c // 2) * 2 + n * (n // 4) * (c // 8 + c // 2)
+
+
+def biggan128_macs(ch: int = 96, valid_taps: bool = False) -> tuple[int, int]:
+  """(G forward, D forward) MACs per image of BigGAN at 128x128, from the paper's table
+  (G channels 16,16,8,4,2 -> 16,8,4,2,1 x ch; D 3,1,2,4,8,16 -> 1,2,4,8,16,16 x ch;
+  attention at 64x64), convolutions, attention and the output layers; the small
+  conditional-BN and spectral-norm matvecs are left out."""
+  g = 20 * 4 * 4 * 16 * ch  # First linear from a 20-d z chunk.
+  r = 4
+  for a, b in zip((16, 16, 8, 4, 2), (16, 8, 4, 2, 1)):
+    ci, co, r = a * ch, b * ch, 2 * r  # Upsample first, then convolve at the new size.
+    g += _conv3(r, ci, co, valid_taps) + _conv3(r, co, co, valid_taps) + r * r * ci * co
+    if r == 64:
+      g += _attention(r, co)
+  g += _conv3(128, ch, 3, valid_taps)
+  d, r = 0, 128
+  for i, (a, b) in enumerate(zip((3, 1, 2, 4, 8, 16), (1, 2, 4, 8, 16, 16))):
+    ci, co = (a if i == 0 else a * ch), b * ch
+    d += _conv3(r, ci, co, valid_taps) + _conv3(r, co, co, valid_taps)
+    if i == 0:
+      d += (r // 2) ** 2 * ci * co  # First block: pool, then the 1x1 shortcut.
+    elif i < 5:
+      d += r * r * ci * co  # Pre-activation blocks: 1x1 shortcut, then pool.
+    if i < 5:
+      r //= 2
+    if i == 0:
+      d += _attention(r, co)
+  return g, d + 16 * ch * 2
+
+
+def test_analytic_count_is_the_published_one():
+  g, d = biggan128_macs(96)
+  assert g / 1e9 == pytest.approx(21.1, abs=0.05)
+  assert d / 1e9 == pytest.approx(10.8, abs=0.05)
+
+
+def test_xla_cost_analysis_counts_biggan128_like_the_analytic_count():
+  """The FLOPs the benchmarks report (XLA's cost analysis) agree with the hand count for
+  BigGAN-128 ch96 (2 FLOPs per MAC, taps in the zero padding not counted, as XLA counts)."""
+  from biggan_jax.models import build_models
+  config = load_config("imagenet128")
+  pair = build_models(config.model, 1000)
+  batch = 2
+  z, y = jnp.zeros((batch, 120)), jnp.zeros((batch,), jnp.int32)
+  x = jnp.zeros((batch, 128, 128, 3))
+  key = jax.random.PRNGKey(0)
+  g_vars = jax.eval_shape(lambda: pair.generator.init(key, z, y))
+  d_vars = jax.eval_shape(lambda: pair.discriminator.init(key, x, y))
+  g_flops = perf.flops_of(
+      jax.jit(lambda v: pair.generator.apply(v, z, y, train=False)).lower(g_vars))
+  d_flops = perf.flops_of(
+      jax.jit(lambda v: pair.discriminator.apply(v, x, y, mutable=True)).lower(d_vars))
+  g_macs, d_macs = biggan128_macs(96, valid_taps=True)
+  # What the hand count leaves out (elementwise ops, the CBN linears, SN's matvecs) is a
+  # few percent at most; a missing or doubled layer would be far more.
+  assert g_flops / batch / 2 == pytest.approx(g_macs, rel=0.05)
+  assert d_flops / batch / 2 == pytest.approx(d_macs, rel=0.05)
+  assert g_flops / batch / 2 >= g_macs and d_flops / batch / 2 >= d_macs
+
+
+def test_utilisation_and_memory_of_a_compiled_matmul():
+  a = jnp.ones((256, 256), jnp.float32)
+  lowered = jax.jit(lambda x: x @ x).lower(a)
+  assert perf.flops_of(lowered) == pytest.approx(2 * 256 ** 3, rel=0.01)
+  peak = perf.peak_memory_bytes(lowered.compile())
+  assert peak is not None and peak >= 2 * 256 * 256 * 4  # The argument and the result.
+  u = perf.utilisation(2 * 256 ** 3, 1e-3, "float32")
+  assert u["tflops"] == pytest.approx(2 * 256 ** 3 / 1e-3 / 1e12)
+  assert 0 < u["mfu"] and u["peak_source"].startswith("measured")
+  lines = perf.format_report(2 * 256 ** 3, 1e-3, peak)
+  assert [line.split(":")[0] for line in lines] == [
+      "model GFLOP/iteration", "achieved TFLOP/s", "MFU", "peak memory"]
+
+
+def test_accelerator_peaks_are_looked_up_by_device_kind():
+  class Fake:
+    platform = "gpu"
+    def __init__(self, kind):
+      self.device_kind = kind
+  assert perf.peak_flops(Fake("NVIDIA H100 80GB HBM3"), "bfloat16")[0] == 989.4e12
+  assert perf.peak_flops(Fake("NVIDIA H200"), "float32")[0] == 494.7e12
+  assert perf.peak_flops(Fake("NVIDIA H100 PCIe"), "bfloat16")[0] == 756e12
+  assert perf.peak_flops(Fake("TPU v5 lite"), "bfloat16")[0] == 197e12
+  with pytest.raises(KeyError, match="PEAK_TFLOPS"):
+    perf.peak_flops(Fake("Some GPU"), "float32")
+  with pytest.raises(ValueError, match="float32"):
+    perf.peak_flops(Fake("NVIDIA H200"), "float16")
+
+
+def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  out = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "train_step.py"),
+       f"--config={REPO / 'configs' / 'digits32.py'}", "--steps=1", "--warmup=0",
+       f"--profile={tmp_path / 'trace'}"],
+      capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+  assert float(fields["model GFLOP/iteration"]) > 0
+  assert float(fields["achieved TFLOP/s"]) > 0
+  assert fields["MFU"].endswith("GEMM on this CPU)")
+  assert fields["peak memory"].endswith("(compiled memory analysis)")
+  traces = [f for _, _, files in os.walk(tmp_path / "trace") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
