@@ -206,6 +206,7 @@ def test_biggan_iteration_identity_at_p_zero_and_g_learns_through_diffaugment():
   states = {}
   for kind in ("none", "ada", "diffaugment"):
     config = tiny_config()
+    config.num_d_steps = 1  # A smaller program to compile three times.
     config.augment.kind, config.augment.adaptive = kind, False  # ADA at a fixed p = 0.
     trainer = BigGANTrainer(config, 10, parallel.make_mesh())
     state, metrics = trainer.train_iteration(trainer.init_state(0), make_batch(trainer))
@@ -222,6 +223,7 @@ def test_ada_run_killed_and_resumed_is_bit_identical_p_included(tmp_path):
   def config(steps):
     c = tiny_config()
     c.num_train_steps = steps
+    c.num_d_steps = 1
     c.augment.kind = "ada"
     c.augment.ada_interval = 1
     c.augment.ada_kimg = 0.1  # p moves by 16 / 100 per iteration.

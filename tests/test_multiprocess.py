@@ -154,6 +154,7 @@ def test_sampling_tool_in_two_processes_reads_a_one_process_checkpoint(runs, tmp
   assert difference.max() <= 1 and difference.mean() < 0.01
 
 
+@pytest.mark.slow  # ~90 s; the one-process SIGTERM test (test_checkpoint.py) stays default.
 def test_sigterm_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
   command, env = train_command(str(tmp_path), 100000, 2)
   command += ["--config.checkpoint_every_steps=100000"]

@@ -114,7 +114,8 @@ def test_accelerator_peaks_are_looked_up_by_device_kind():
 
 
 def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+             "--xla_backend_optimization_level=0")
   out = subprocess.run(
       [sys.executable, str(REPO / "benchmarks" / "train_step.py"),
        f"--config={REPO / 'configs' / 'digits32.py'}", "--steps=1", "--warmup=0",

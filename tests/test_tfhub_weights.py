@@ -217,19 +217,26 @@ def test_import_and_sample_command_lines(tmp_path):
   assert np.abs(drawn).max() <= 0.5 + 1e-6 and np.abs(drawn).max() > 0.3
 
 
-def test_truncation_training_export_and_standing_stats_are_refused(tmp_path):
-  """It samples at 0 < T <= 1 only, does not train, and has no BigGAN-PyTorch form."""
+def test_truncation_outside_zero_one_is_refused():
+  from biggan_jax.train import check_tfhub_truncation
+  from gan_core.errors import ConfigError
+  assert check_tfhub_truncation(None) == 1.0 and check_tfhub_truncation(0.4) == 0.4
+  for bad in (1.5, -0.3):
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+      check_tfhub_truncation(bad)
+
+
+@pytest.mark.slow  # ~100 s: an import, then three refusals.
+def test_training_export_and_standing_stats_are_refused(tmp_path):
+  """An imported TF-Hub module does not train and has no BigGAN-PyTorch form."""
   from biggan_jax.pytorch_checkpoint import export_biggan_pytorch
-  from biggan_jax.train import check_tfhub_truncation, train_and_evaluate
+  from biggan_jax.train import train_and_evaluate
   from gan_core.checkpointing import CheckpointError
   from gan_core.errors import ConfigError
   config = small_config()
   theirs = their_config()
   source = write_module(tmp_path / "module", theirs, their_tensors(theirs))
   tw.import_tfhub_biggan_deep(str(source), config, str(tmp_path / "run"))
-  assert check_tfhub_truncation(None) == 1.0 and check_tfhub_truncation(0.4) == 0.4
-  with pytest.raises(ConfigError, match=r"\(0, 1\]"):
-    check_tfhub_truncation(1.5)
   trainer, params, state = _imported(config, source)
   with pytest.raises(ConfigError, match="per truncation"):
     trainer.standing_stats(params, state, jax.random.PRNGKey(0), 1, 8)
