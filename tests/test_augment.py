@@ -223,7 +223,6 @@ def test_ada_run_killed_and_resumed_is_bit_identical_p_included(tmp_path):
   def config(steps):
     c = tiny_config()
     c.num_train_steps = steps
-    c.num_d_steps = 1
     c.augment.kind = "ada"
     c.augment.ada_interval = 1
     c.augment.ada_kimg = 0.1  # p moves by 16 / 100 per iteration.
