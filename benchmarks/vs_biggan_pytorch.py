@@ -53,13 +53,18 @@ def reference_modules():
     def __getattr__(self, name):
       return Stub(name)
 
-  for name in ("torchvision", "torchvision.transforms", "torchvision.datasets", "h5py",
-               "animal_hash", "datasets"):
-    sys.modules.setdefault(name, Stub(name))
+  stubs = [name for name in ("torchvision", "torchvision.transforms", "torchvision.datasets",
+                              "h5py", "animal_hash", "datasets") if name not in sys.modules]
+  sys.modules.update({name: Stub(name) for name in stubs})
   sys.path.insert(0, str(REFERENCE_SRC))
-  import BigGAN
-  import train_fns
-  import utils
+  try:
+    import BigGAN
+    import train_fns
+    import utils
+  finally:  # Stubs left in sys.modules break `inspect` (used by JAX's tracing).
+    sys.path.remove(str(REFERENCE_SRC))
+    for name in stubs:
+      sys.modules.pop(name, None)
   return torch, BigGAN, train_fns, utils
 
 

@@ -65,7 +65,7 @@ def peak_memory_bytes(compiled: Any) -> int | None:
   return int(total + getattr(m, "generated_code_size_in_bytes", 0))
 
 
-def measure_cpu_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
+def measure_cpu_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 8) -> float:
   """Best FLOP/s of an n x n GEMM on the default CPU device, measured now (cached)."""
   key = f"{dtype}:{n}"
   if key not in _CPU_PEAK_CACHE:

@@ -4,11 +4,7 @@ import os
 import shutil
 import tempfile
 
-# LLVM optimisation level 0: the suite's programs are tiny and compile far longer than they
-# run; this halves XLA:CPU compile times (e.g. 15 s -> 8 s for a tiny BigGAN iteration)
-# at ~30% slower execution. Subprocesses inherit it. Numerics do not depend on it.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Inception weight caches go to a fresh folder, never the user's ~/.cache.

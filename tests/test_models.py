@@ -159,7 +159,9 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny):
   assert {x.dtype for x in jax.tree.leaves(new)} == {jnp.dtype("float32")}
 
 
-@pytest.mark.parametrize("architecture", ["biggan", "biggan_deep"])
+@pytest.mark.parametrize("architecture", [
+    pytest.param("biggan", marks=pytest.mark.slow),  # The same helper as the deep blocks'.
+    "biggan_deep"])
 def test_remat_computes_the_same_function_and_gradients(tiny, architecture):
   """model.remat: same parameter tree, same outputs, state updates and gradients.
   (What it saves is an accelerator figure: XLA:CPU's memory analysis of this program comes
