@@ -148,7 +148,6 @@ def main(_):
   threads = FLAGS.threads or os.cpu_count()
   torch.set_num_threads(threads)
   import jax
-  from gan_core import perf  # noqa: F401  (imports jax with the flags below in place)
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"threads {threads}; jax {jax.__version__}, torch {torch.__version__}")
   print(f"config: 128x128, ch {FLAGS.ch}, batch {FLAGS.batch_size}, 1 D step + 1 G step, "
