@@ -12,10 +12,13 @@ so that the first call measures a compilation); run twice to time a cold and a w
 Utilisation (gan_core/perf.py): `model GFLOP/iteration` (XLA's cost analysis of the iteration
 traced without loops), `achieved TFLOP/s`, `MFU` against the device's peak for the config's
 compute dtype (data sheet; measured with a GEMM on CPUs) and `peak memory` (compiled memory
-analysis). `--profile=DIR` writes a `jax.profiler` trace of the timed iterations.
+analysis). `--profile=DIR` writes a `jax.profiler` trace of the timed iterations and, on
+CPU, prints the op time by kind (forward / input-gradient / kernel-gradient convolutions,
+attention, matmuls, transposes, the rest) from that trace.
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 
@@ -39,6 +42,9 @@ FLAGS = flags.FLAGS
 def main(_):
   from biggan_jax.train import BigGANTrainer
   from gan_core import compilation_cache, parallel, perf
+  if FLAGS.profile and "xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
+    # Before any backend starts: XLA:CPU then writes one trace event per op.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + perf.CPU_TRACE_FLAG).strip()
   cache = compilation_cache.enable(FLAGS.compilation_cache)
   config = FLAGS.config
   if FLAGS.batch_size:
@@ -89,6 +95,11 @@ def main(_):
     print(line)
   if FLAGS.profile:
     print(f"trace: {FLAGS.profile}")
+    breakdown = perf.op_breakdown(FLAGS.profile, compiled.as_text())
+    for line in perf.format_breakdown(breakdown):
+      print(line)
+    if not breakdown:
+      print("op time: the trace has no per-op events (on GPU/TPU, read it with TensorBoard)")
 
 
 def model_flops(config, num_classes, mesh, state, batch) -> float:

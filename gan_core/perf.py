@@ -140,3 +140,70 @@ def trace(directory: str | None) -> Iterator[None]:
     yield
   finally:
     jax.profiler.stop_trace()
+
+
+# --- where the time goes: a trace's op events grouped by kind ---------------------------------
+
+CPU_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"  # XLA:CPU then traces every op.
+
+
+def _op_kind(name: str, hlo_line: str) -> str:
+  """A coarse kind for one compiled op, from its HLO line (shape and source metadata)."""
+  import re
+  op = re.search(r'op_name="([^"]*)"', hlo_line)
+  op = op.group(1) if op else ""
+  shape = re.match(r"\w+\[([\d,]*)\]", hlo_line)
+  dims = shape.group(1).split(",") if shape else []
+  # A kernel gradient comes out as [O, kh, kw, I] or [kh, kw, I, O] with small square taps
+  # (XLA drops the source metadata of some of them).
+  kernel_shaped = len(dims) == 4 and ((dims[1] == dims[2] and dims[1] in ("1", "3", "4"))
+                                      or (dims[0] == dims[1] and dims[0] in ("1", "3", "4")))
+  if "conv_general_dilated" in op or (not op and name.startswith("ynn_fusion") and kernel_shaped):
+    if "transpose(" not in op and op:
+      return "convolution, forward"
+    if kernel_shaped:
+      return "convolution, kernel gradient"
+    return "convolution, input gradient"
+  if "attention" in op:
+    return "attention (excluding its 1x1 convolutions)"
+  if "dot_general" in op or name.startswith("dot"):
+    return "dense / matmul"
+  if name.startswith(("transpose", "copy")):
+    return "transposes and copies"
+  return "other (normalisation, activations, optimizer, reductions)"
+
+
+def op_breakdown(trace_dir: str, hlo_text: str) -> list[tuple[str, float]]:
+  """(kind, milliseconds) of the ops of `hlo_text`'s program in a trace, largest first.
+
+  Milliseconds are summed over the events of every thread, so on a multi-threaded CPU they add
+  up to more than wall time; the shares are what matter. Needs per-op trace events: XLA:CPU
+  writes them with `CPU_TRACE_FLAG`. Returns [] when the trace has none.
+  """
+  import collections
+  import glob
+  import os
+  import re
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  lines = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
+    if m:
+      lines.setdefault(m.group(1), m.group(2))
+  totals: collections.Counter = collections.Counter()
+  for path in glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True):
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+      space.ParseFromString(f.read())
+    for plane in space.planes:
+      for line in plane.lines:
+        for event in line.events:
+          name = plane.event_metadata[event.metadata_id].name
+          if name in lines:  # An op of this program (not a runtime or Python event).
+            totals[_op_kind(name, lines[name])] += event.duration_ps / 1e9
+  return totals.most_common()
+
+
+def format_breakdown(breakdown: list[tuple[str, float]]) -> list[str]:
+  total = sum(ms for _, ms in breakdown)
+  return [f"op time, {kind}: {ms:.1f} ms ({100 * ms / total:.1f}%)" for kind, ms in breakdown]

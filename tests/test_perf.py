@@ -129,3 +129,10 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   assert fields["peak memory"].endswith("(compiled memory analysis)")
   traces = [f for _, _, files in os.walk(tmp_path / "trace") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
+  # The op time by kind, read from that trace: the convolutions of all three kinds are there
+  # and the shares add up to 100%.
+  shares = {k[len("op time, "):]: float(v.split("(")[1].rstrip("%)"))
+            for k, v in fields.items() if k.startswith("op time, ")}
+  for kind in ("forward", "input gradient", "kernel gradient"):
+    assert shares.get(f"convolution, {kind}", 0) > 0, shares
+  assert abs(sum(shares.values()) - 100) < 0.5, shares
