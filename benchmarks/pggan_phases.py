@@ -38,6 +38,8 @@ FLAGS = flags.FLAGS
 
 def main(_):
   from gan_core import parallel, perf
+  from gan_core.xla_flags import prefer_eigen_convolutions
+  prefer_eigen_convolutions()  # As the training entry points do (gan_core/xla_flags.py).
   from pggan_jax.train import PGGANTrainer
   config = FLAGS.config
   if FLAGS.batch_size:

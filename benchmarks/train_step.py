@@ -42,6 +42,8 @@ FLAGS = flags.FLAGS
 def main(_):
   from biggan_jax.train import BigGANTrainer
   from gan_core import compilation_cache, parallel, perf
+  from gan_core.xla_flags import prefer_eigen_convolutions
+  prefer_eigen_convolutions()  # As the training entry points do (gan_core/xla_flags.py).
   if FLAGS.profile and "xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
     # Before any backend starts: XLA:CPU then writes one trace event per op.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + perf.CPU_TRACE_FLAG).strip()

@@ -139,6 +139,8 @@ def timed(step) -> float:
 
 
 def main(_):
+  from gan_core.xla_flags import prefer_eigen_convolutions
+  prefer_eigen_convolutions()  # As the training entry points do (gan_core/xla_flags.py).
   modules = reference_modules()
   if modules is None:
     print(f"skipped: needs torch (pip install torch) and BigGAN-PyTorch's code at "

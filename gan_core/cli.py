@@ -100,6 +100,8 @@ def run_training(argv: list[str], dry_run: Callable, load_train: Callable[[], Ca
   if not FLAGS.library_logs:
     quiet_library_logs()
   try:
+    from gan_core.xla_flags import prefer_eigen_convolutions
+    prefer_eigen_convolutions()  # Before any backend starts; only XLA:CPU reads it.
     initialize_distributed()
     from gan_core import compilation_cache
     compilation_cache.enable(FLAGS.compilation_cache)

@@ -206,4 +206,8 @@ def op_breakdown(trace_dir: str, hlo_text: str) -> list[tuple[str, float]]:
 
 def format_breakdown(breakdown: list[tuple[str, float]]) -> list[str]:
   total = sum(ms for _, ms in breakdown)
-  return [f"op time, {kind}: {ms:.1f} ms ({100 * ms / total:.1f}%)" for kind, ms in breakdown]
+  lines = [f"op time, {kind}: {ms:.1f} ms ({100 * ms / total:.1f}%)" for kind, ms in breakdown]
+  if breakdown:
+    lines.append(f"traced op time: {total:.1f} ms, summed over threads (XLA:CPU traces its "
+                 "YNNPACK and loop fusions per op, not its Eigen convolutions)")
+  return lines

@@ -7,13 +7,24 @@ faster (stem convolutions with few channels up to 5x), with features equal to
 the default path within float32 rounding (checked by tests/test_metrics_cli.py
 against torch-fidelity). It did not speed up the GAN training steps measured,
 so only the evaluation entry points ask for it.
+
+`prefer_eigen_convolutions()` does the opposite for training: it turns XLA:CPU's YNNPACK
+fusions off (`--xla_cpu_experimental_ynn_fusion_type=`), so convolutions run on XLA's
+Eigen path. YNNPACK computes a convolution's kernel gradient 3 to 4.5x slower at high
+resolution and few channels (benchmarks/conv_kernel_grad.py); without it the BigGAN-128
+iteration (ch 64, batch 8) took 4,646 ms instead of 6,676 ms on the 2-core CPU of
+benchmarks/RESULTS.md, and digits32 was unchanged. The training entry points and the
+training benchmarks ask for it. Either function leaves a user's own setting of the flag alone.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 
-YNNPACK_DOT_FLAG = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+YNNPACK_DOT_FLAG = f"--{YNN_FLAG}=LIBRARY_FUSION_TYPE_DOT"
+NO_YNNPACK_FLAG = f"--{YNN_FLAG}="
 
 
 def prefer_ynnpack_dots() -> bool:
@@ -21,12 +32,25 @@ def prefer_ynnpack_dots() -> bool:
 
   Returns whether the flag is in effect for backends started from now on.
   """
+  return _add(YNNPACK_DOT_FLAG)
+
+
+def _add(flag: str) -> bool:
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_experimental_ynn_fusion_type" in flags:
-    return YNNPACK_DOT_FLAG in flags.split()
+  if YNN_FLAG in flags:
+    return flag in flags.split()
   if "jax" in sys.modules:
     from jax._src import xla_bridge
     if xla_bridge.backends_are_initialized():
       return False
-  os.environ["XLA_FLAGS"] = (flags + " " + YNNPACK_DOT_FLAG).strip()
+  os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
   return True
+
+
+def prefer_eigen_convolutions() -> bool:
+  """Adds `--xla_cpu_experimental_ynn_fusion_type=` (no YNNPACK fusions) to XLA_FLAGS unless
+  JAX is already running or the user set that flag. Only XLA:CPU reads it.
+
+  Returns whether it is in effect for backends started from now on.
+  """
+  return _add(NO_YNNPACK_FLAG)

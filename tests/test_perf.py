@@ -129,10 +129,28 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   assert fields["peak memory"].endswith("(compiled memory analysis)")
   traces = [f for _, _, files in os.walk(tmp_path / "trace") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
-  # The op time by kind, read from that trace: the convolutions of all three kinds are there
-  # and the shares add up to 100%.
+  # The op time by kind, read from that trace: convolutions are there and the shares add up
+  # to 100% of the traced op time.
   shares = {k[len("op time, "):]: float(v.split("(")[1].rstrip("%)"))
             for k, v in fields.items() if k.startswith("op time, ")}
-  for kind in ("forward", "input gradient", "kernel gradient"):
-    assert shares.get(f"convolution, {kind}", 0) > 0, shares
+  assert any(k.startswith("convolution, ") and v > 0 for k, v in shares.items()), shares
+  assert shares.get("other (normalisation, activations, optimizer, reductions)", 0) > 0, shares
   assert abs(sum(shares.values()) - 100) < 0.5, shares
+  assert float(fields["traced op time"].split(" ms")[0]) > 0
+
+
+def test_training_turns_ynnpack_fusions_off_unless_the_user_chose():
+  """XLA:CPU's YNNPACK kernel gradients are slow (RESULTS.md): training asks for the Eigen
+  path before JAX starts, and keeps a user's own setting of the flag."""
+  code = ("import os; from gan_core.xla_flags import prefer_eigen_convolutions as p; "
+          "print(p()); print(os.environ['XLA_FLAGS'])")
+  def run(xla_flags):
+    env = dict(os.environ, XLA_FLAGS=xla_flags)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+  assert run("--xla_force_host_platform_device_count=2") == [
+      "True", "--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type="]
+  mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+  assert run(mine) == ["False", mine]
