@@ -18,7 +18,6 @@ attention, matmuls, transposes, the rest) from that trace.
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 
@@ -42,11 +41,10 @@ FLAGS = flags.FLAGS
 def main(_):
   from biggan_jax.train import BigGANTrainer
   from gan_core import compilation_cache, parallel, perf
-  from gan_core.xla_flags import prefer_eigen_convolutions
+  from gan_core.xla_flags import prefer_eigen_convolutions, trace_cpu_ops
   prefer_eigen_convolutions()  # As the training entry points do (gan_core/xla_flags.py).
-  if FLAGS.profile and "xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
-    # Before any backend starts: XLA:CPU then writes one trace event per op.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + perf.CPU_TRACE_FLAG).strip()
+  if FLAGS.profile:
+    trace_cpu_ops()  # Before any backend starts: XLA:CPU then writes one event per op.
   cache = compilation_cache.enable(FLAGS.compilation_cache)
   config = FLAGS.config
   if FLAGS.batch_size:

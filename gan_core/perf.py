@@ -144,8 +144,6 @@ def trace(directory: str | None) -> Iterator[None]:
 
 # --- where the time goes: a trace's op events grouped by kind ---------------------------------
 
-CPU_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"  # XLA:CPU then traces every op.
-
 
 def _op_kind(name: str, hlo_line: str) -> str:
   """A coarse kind for one compiled op, from its HLO line (shape and source metadata)."""
@@ -178,7 +176,7 @@ def op_breakdown(trace_dir: str, hlo_text: str) -> list[tuple[str, float]]:
 
   Milliseconds are summed over the events of every thread, so on a multi-threaded CPU they add
   up to more than wall time; the shares are what matter. Needs per-op trace events: XLA:CPU
-  writes them with `CPU_TRACE_FLAG`. Returns [] when the trace has none.
+  writes them after `xla_flags.trace_cpu_ops()`. Returns [] when the trace has none.
   """
   import collections
   import glob

@@ -35,9 +35,11 @@ def prefer_ynnpack_dots() -> bool:
   return _add(YNNPACK_DOT_FLAG)
 
 
-def _add(flag: str) -> bool:
+def _add(flag: str, name: str = YNN_FLAG) -> bool:
+  """Appends `flag` to XLA_FLAGS unless the user's XLA_FLAGS already names `name` or JAX's
+  backends have started; returns whether `flag` is in effect for backends started later."""
   flags = os.environ.get("XLA_FLAGS", "")
-  if YNN_FLAG in flags:
+  if name in flags:
     return flag in flags.split()
   if "jax" in sys.modules:
     from jax._src import xla_bridge
@@ -54,3 +56,12 @@ def prefer_eigen_convolutions() -> bool:
   Returns whether it is in effect for backends started from now on.
   """
   return _add(NO_YNNPACK_FLAG)
+
+
+CPU_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
+
+
+def trace_cpu_ops() -> bool:
+  """Makes XLA:CPU write one profiler trace event per op (for `perf.op_breakdown`), unless
+  JAX is already running or the user set that flag."""
+  return _add(CPU_TRACE_FLAG, "xla_cpu_enable_xprof_traceme")
