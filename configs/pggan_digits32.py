@@ -1,7 +1,7 @@
 """The embedded PGGAN default: unconditional, 4x4 -> 32x32 on scikit-learn's digits.
 
-No download. Widths are the paper's rule with fmap_base 1024 and fmap_max 128
-(128 channels up to 16x16, 64 at 32x32), a 128-d latent; everything else
+No download. Widths are the paper's rule with fmap_base 256 and fmap_max 64
+(64 channels up to 8x8, then 32 and 16), a 64-d latent; everything else
 (WGAN-GP, equalized learning rate, pixel norm, minibatch stddev, Adam
 0/0.99/1e-8, G-EMA 0.999, fade-ins) is the official recipe, on a short
 schedule: see README for the measured time and sample quality.

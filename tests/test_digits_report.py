@@ -29,3 +29,12 @@ def test_real_digits_score_like_the_baseline_and_copies_score_no_recall():
   assert "recall" in text and "real" in text
   with pytest.raises(ValueError, match="too few"):
     digits.digit_report(copies[:5].astype(np.uint8))
+
+
+def test_command_line_help_and_bad_arguments(capsys):
+  digits.main(["digits", "--help"])  # Prints the measure's description, exits normally.
+  assert "precision" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="usage"):
+    digits.main(["digits"])
+  with pytest.raises(SystemExit, match="usage"):
+    digits.main(["digits", "--step=3"])

@@ -137,8 +137,12 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) != 2:
-    sys.exit("usage: python -m gan_core.eval.digits SAMPLES.npz")
+  usage = "usage: python -m gan_core.eval.digits SAMPLES.npz"
+  if len(argv) == 2 and argv[1] in ("-h", "--help"):
+    print(usage + "\n\n" + __doc__)
+    return
+  if len(argv) != 2 or argv[1].startswith("-"):
+    sys.exit(usage)
   data = np.load(argv[1])
   labels = data["labels"] if "labels" in data.files else None
   print(format_report(digit_report(data["images"], labels)))
