@@ -39,6 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.adam_eps = 1e-6
   c.ortho_reg = 1e-4  # Off-diagonal orthogonal regularisation strength for G; 0 disables.
+  # Diversity-sensitive regularisation of G (Yang et al., 2019, "DSGAN"), for small data
+  # where a conditional G settles on one prototype per class: each G update draws its
+  # samples in pairs of one class and subtracts diversity_reg * mean over pairs of
+  # min(mean|G(z1, y) - G(z2, y)| / mean|z1 - z2|, diversity_reg_max) from G's loss.
+  # 0 (the default): BigGAN's objective, nothing computed.
+  c.diversity_reg = 0.0
+  c.diversity_reg_max = 1.0
   c.ema_decay = 0.9999
   # G-EMA is a plain copy of G before iteration ema_start (counted from 1, as
   # BigGAN-PyTorch does: the ema_start-th update is the first that decays).

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from biggan_jax import losses
+from biggan_jax.config import base_config
 from biggan_jax.models import ModelPair, build_models
 from gan_core import augment, checkpointing, loops, monitoring, parallel, training
 from gan_core.errors import ConfigError
@@ -118,6 +119,16 @@ class BigGANTrainer(checkpointing.StateLayout):
     parallel.check_batch_divisible(self.micro_batch, mesh,
                                    "batch_size / num_accumulations")
     self.unroll = loops.should_unroll(config.scan_unroll)
+    if config.diversity_reg < 0 or config.diversity_reg_max <= 0:
+      raise ConfigError(f"diversity_reg={config.diversity_reg} must be >= 0 and "
+                        f"diversity_reg_max={config.diversity_reg_max} > 0")
+    self.diversity_reg = float(config.diversity_reg)
+    if self.diversity_reg and (self.micro_batch // mesh.size) % 2:
+      raise ConfigError(
+          f"diversity_reg pairs G's samples on each device, so the per-device batch "
+          f"(batch_size / num_accumulations / {mesh.size} devices = "
+          f"{self.micro_batch / mesh.size:g}) must be even; change batch_size or set "
+          "diversity_reg=0")
     self.augmenter = augment.Augmenter(config)
     self.d_loss_fn, self.g_loss_fn = losses.get_losses(config.loss)
     adam = functools.partial(optax.adam, b1=config.adam_b1, b2=config.adam_b2,
@@ -234,16 +245,29 @@ class BigGANTrainer(checkpointing.StateLayout):
   def _g_micro_step(self, g_params, d_params, aug_state, carry, key):
     g_state, d_state, grad_sum = carry
     z, labels = self._latents(key)
+    if self.diversity_reg:  # Pairs (2i, 2i + 1) of one class, neighbours on one device.
+      labels = self._shard_batch(jnp.repeat(labels[0::2], 2))
 
     def loss_fn(params):
       fake, new_g_state = self._g_forward(params, g_state, z, labels)
+      metrics = {}
+      loss = 0.0
+      if self.diversity_reg:
+        ratio = losses.pair_diversity(fake, z)
+        metrics["g_diversity"] = jnp.mean(ratio)
+        loss = -self.diversity_reg * jnp.mean(
+            jnp.minimum(ratio, self.config.diversity_reg_max))
       fake = self._augment(fake, key, aug_state)
       scores, new_d_state = self._d_forward(d_params, d_state, fake, labels)
-      return self.g_loss_fn(scores), (new_g_state, new_d_state)
+      adversarial = self.g_loss_fn(scores)
+      metrics["g_loss"] = adversarial
+      total = adversarial + loss if self.diversity_reg else adversarial
+      return total, (new_g_state, new_d_state, metrics)
 
-    (loss, (g_state, d_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_params)
+    (_, (g_state, d_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        g_params)
     grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-    return (g_state, d_state, grad_sum), loss
+    return (g_state, d_state, grad_sum), metrics
 
   def _train_iteration(self, state: TrainState, batch: dict[str, jax.Array]
                        ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -260,7 +284,7 @@ class BigGANTrainer(checkpointing.StateLayout):
 
     # Generator: one update against the updated D.
     zeros = jax.tree.map(jnp.zeros_like, state.g_params)
-    (g_state, d_state, g_grads), g_losses = loops.scan(
+    (g_state, d_state, g_grads), g_metrics = loops.scan(
         functools.partial(self._g_micro_step, state.g_params, d_params, state.augment),
         (g_state, d_state, zeros), jax.random.split(g_key, cfg.num_accumulations), self.unroll)
     g_grads = jax.tree.map(lambda g: g / cfg.num_accumulations, g_grads)
@@ -279,7 +303,7 @@ class BigGANTrainer(checkpointing.StateLayout):
 
     metrics = jax.tree.map(jnp.mean, d_metrics)  # Per-layer D norms: mean over D steps.
     metrics["d_margin"] = metrics["d_real"] - metrics["d_fake"]
-    metrics["g_loss"] = jnp.mean(g_losses)
+    metrics.update(jax.tree.map(jnp.mean, g_metrics))  # g_loss: the adversarial term.
     metrics["g_grad_norm"] = optax.global_norm(g_grads)
     metrics["layer_grad_norm/G"] = monitoring.layer_norms(g_grads)
     # Non-finite iff some parameter is: the guard never keeps such a state.
@@ -345,8 +369,10 @@ class BigGANTask(training.TrainerTask):
   kind = "biggan"
   plan_interval = 1
   generator_fields = ("ema_params", "ema_state")
+  default_config = staticmethod(base_config)
   absent_config_means = {"model.output_bn_eps": 1e-5, "model.sn_eval": "power_iteration",
-                         "model.truncation_bn_stats": 0}
+                         "model.truncation_bn_stats": 0, "diversity_reg": 0.0,
+                         "diversity_reg_max": 1.0}
 
   @staticmethod
   def sampling_config(config: ml_collections.ConfigDict,
@@ -354,6 +380,7 @@ class BigGANTask(training.TrainerTask):
     """The training batch need not split over the sampling devices; the trainer checks it."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.batch_size, config.num_accumulations = num_devices, 1
+    config.diversity_reg = 0.0  # A term of G's update, which sampling never builds.
     return config
 
   @property

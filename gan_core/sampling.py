@@ -84,14 +84,33 @@ def load(task_class: Callable, workdir: str, step: int | None = None, *,
                             f"not {kind!r}: use python -m {kind_package(meta.get('model'))}."
                             "sample / .evaluate for it")
     mesh = parallel.make_mesh() if all_devices else parallel.sampling_mesh()
-    config = task_class.sampling_config(ml_collections.ConfigDict(meta["config"]),
-                                        mesh.devices.size)
+    saved = ml_collections.ConfigDict(meta["config"])
+    if task_class.default_config is not None:  # Fields added since the checkpoint was written.
+      saved = fill_absent(saved, task_class.default_config())
+    config = task_class.sampling_config(saved, mesh.devices.size)
     task = task_class(config)
     task.build(meta["num_classes"], mesh)
     state = checkpoints.restore_fields(step, task.abstract_state(), task.generator_fields)
   finally:
     checkpoints.close()
   return Generator(task, state, task.plan(plan_position_of(meta)), step, meta)
+
+
+def fill_absent(config: ml_collections.ConfigDict,
+                defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with every field it lacks (at any depth) taken from `defaults`.
+
+  A checkpoint's saved config predates the fields added later; each such field's default
+  is the behaviour the checkpoint was trained with (`absent_config_means` lists them).
+  """
+  merged = ml_collections.ConfigDict(config.to_dict())
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        merged[key], ml_collections.ConfigDict):
+      merged[key] = fill_absent(merged[key], value)
+  return merged
 
 
 def kind_package(kind: str | None) -> str:

@@ -50,7 +50,7 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -156,6 +156,9 @@ class TrainerTask:
 
   kind = ""
   generator_fields: tuple[str, ...] = ("ema_params",)  # All that sampling restores.
+  # The model's base config (a function), whose defaults fill the fields a checkpoint's saved
+  # config lacks when sampling from it; None: the saved config is used as it is.
+  default_config: Callable[[], Any] | None = None
   truncation_in_model = False
   absent_config_means: dict[str, Any] = {}
 

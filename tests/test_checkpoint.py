@@ -140,10 +140,12 @@ def test_config_fields_added_later_resume_older_checkpoints():
   from biggan_jax.train import BigGANTask
   from gan_core.checkpointing import check_compatible
   means = BigGANTask.absent_config_means
-  model = base_config().model
-  assert {key: model[key.split(".")[1]] for key in means} == means
+  config = base_config()
+  assert {key: config[key] if "." not in key else config.model[key.split(".")[1]]
+          for key in means} == means
+  model_means = {k.split(".")[1]: v for k, v in means.items() if k.startswith("model.")}
   saved = {"config": {"model": {"ch": 4}}}
-  current = {"config": {"model": {"ch": 4, **{k.split(".")[1]: v for k, v in means.items()}}}}
+  current = {"config": {"model": {"ch": 4, **model_means}}}
   check_compatible(saved, current, "d", 1, absent_means=means)
   with pytest.raises(IncompatibleCheckpointError, match="output_bn_eps: checkpoint '<absent>'"):
     check_compatible(saved, current, "d", 1)

@@ -3,6 +3,7 @@ import hashlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -126,6 +127,38 @@ def test_sampling_restores_g_ema_alone_and_checks_the_model(trained_workdir):
   from gan_core.checkpointing import CheckpointError
   with pytest.raises(CheckpointError, match="holds a 'biggan' checkpoint"):
     sampling.load(PGGANTask, str(trained_workdir))
+
+
+def test_sampling_a_checkpoint_from_before_later_config_fields(trained_workdir, tmp_path):
+  """A checkpoint whose saved config predates fields added since (augment, diversity_reg)
+  samples with their defaults, the behaviour it was trained with; one trained with
+  diversity_reg samples too."""
+  import json
+  import shutil
+  from biggan_jax.train import BigGANTask
+  from gan_core import sampling
+  old = tmp_path / "old"
+  shutil.copytree(trained_workdir, old)
+  metas = list(old.glob("checkpoints/*/meta/metadata"))
+  assert metas
+  for path in metas:
+    meta = json.loads(path.read_text())
+    for key in ("augment", "diversity_reg", "diversity_reg_max"):
+      del meta["config"][key]
+    path.write_text(json.dumps(meta))
+  generator = sampling.load(BigGANTask, str(old))
+  assert generator.task.config.diversity_reg == 0.0
+  assert generator.task.config.augment.kind == "none"
+  reference = sampling.load(BigGANTask, str(trained_workdir))
+  for a, b in zip(jax.tree.leaves(generator.state.ema_params),
+                  jax.tree.leaves(reference.state.ema_params)):
+    np.testing.assert_array_equal(a, b)
+  # A run trained with diversity_reg (pairs of samples per device) samples one at a time.
+  for path in metas:
+    meta = json.loads(path.read_text())
+    meta["config"]["diversity_reg"] = 1.0
+    path.write_text(json.dumps(meta))
+  assert sampling.load(BigGANTask, str(old)).task.config.diversity_reg == 0.0
 
 
 def test_evaluate_cli_writes_a_json_line(trained_workdir, fid_weights_path, tmp_path):

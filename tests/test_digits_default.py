@@ -33,14 +33,14 @@ def test_digits32_default_trains_to_recognisable_digits(tmp_path):
   report = digit_report(data["images"], data["labels"])
   print(f"digits32: {minutes:.1f} min\n{format_report(report)}")
   samples = report["samples"]
-  # Measured 2026-12-02 (2-core CPU, 8.4 min): accuracy 0.992, precision 0.773, recall 0.273,
-  # diversity 0.715, all classes (real digits: 0.965 / 0.898 / 0.911 / 1.0). The default
-  # before, with equal learning rates and a 64-d z, drew near-copies (recall 0.016, diversity
-  # 0.48): the recall and diversity floors catch a return to that. Issue 14's goal of recall
-  # >= 0.6 is not reached yet; see RESULTS.md.
+  # Measured 2026-12-02 (2-core CPU): accuracy 0.979, precision 0.719, recall 0.516,
+  # diversity 0.843, all classes (real digits: 0.965 / 0.898 / 0.911 / 1.0). Without the
+  # diversity term (diversity_reg 0) G drew 0.773 / 0.273 / 0.715; with equal learning rates
+  # and a 64-d z, near-copies (recall 0.016): the recall and diversity floors catch a return
+  # to either. Issue 14's goal of recall >= 0.6 at precision >= 0.7 is not reached yet.
   assert samples["digit_accuracy"] >= 0.95
-  assert samples["precision"] >= 0.7
-  assert samples["recall"] >= 0.2
-  assert samples["diversity"] >= 0.6
+  assert samples["precision"] >= 0.65
+  assert samples["recall"] >= 0.4
+  assert samples["diversity"] >= 0.75
   assert samples["classes_present"] == 10
   assert minutes < 12
