@@ -123,12 +123,10 @@ class BigGANTrainer(checkpointing.StateLayout):
       raise ConfigError(f"diversity_reg={config.diversity_reg} must be >= 0 and "
                         f"diversity_reg_max={config.diversity_reg_max} > 0")
     self.diversity_reg = float(config.diversity_reg)
-    if self.diversity_reg and (self.micro_batch // mesh.size) % 2:
+    if self.diversity_reg and self.micro_batch % 2:
       raise ConfigError(
-          f"diversity_reg pairs G's samples on each device, so the per-device batch "
-          f"(batch_size / num_accumulations / {mesh.size} devices = "
-          f"{self.micro_batch / mesh.size:g}) must be even; change batch_size or set "
-          "diversity_reg=0")
+          f"diversity_reg pairs G's samples, so batch_size / num_accumulations "
+          f"({self.micro_batch}) must be even; change batch_size or set diversity_reg=0")
     self.augmenter = augment.Augmenter(config)
     self.d_loss_fn, self.g_loss_fn = losses.get_losses(config.loss)
     adam = functools.partial(optax.adam, b1=config.adam_b1, b2=config.adam_b2,
@@ -245,7 +243,8 @@ class BigGANTrainer(checkpointing.StateLayout):
   def _g_micro_step(self, g_params, d_params, aug_state, carry, key):
     g_state, d_state, grad_sum = carry
     z, labels = self._latents(key)
-    if self.diversity_reg:  # Pairs (2i, 2i + 1) of one class, neighbours on one device.
+    if self.diversity_reg:  # Pairs (2i, 2i + 1) of one class; on one device when the
+      # per-device batch is even, as at scale.
       labels = self._shard_batch(jnp.repeat(labels[0::2], 2))
 
     def loss_fn(params):
