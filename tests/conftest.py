@@ -4,7 +4,11 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM's optimisation level 0: the suite is mostly compilation of tiny programs, which this
+# makes about 35% faster (the same HLO, so the same semantics; only the generated loops are
+# less optimised). Subprocesses inherit it.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Inception weight caches go to a fresh folder, never the user's ~/.cache.
@@ -13,8 +17,10 @@ atexit.register(shutil.rmtree, os.environ["GAN_CORE_CACHE"], ignore_errors=True)
 os.environ.pop("GAN_CORE_INCEPTION_WEIGHTS", None)
 # Many tests (and their subprocesses, which inherit this) compile the same tiny models; a
 # persistent compilation cache shared by the whole session compiles each program once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gan_jax_cache_"))
-atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# With pytest-xdist the workers inherit the controller's folder; only its creator removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gan_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
