@@ -7,8 +7,8 @@ import tempfile
 # LLVM's optimisation level 0: the suite is mostly compilation of tiny programs, which this
 # makes about 35% faster (the same HLO, so the same semantics; only the generated loops are
 # less optimised). Subprocesses inherit it.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0")
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAG}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Inception weight caches go to a fresh folder, never the user's ~/.cache.

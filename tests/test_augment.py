@@ -240,6 +240,19 @@ def test_ada_run_killed_and_resumed_is_bit_identical_p_included(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _save_and_restore(directory, state, trainer):
+  """`state` saved as step 1, then restored as `trainer`'s state from a fresh Checkpointer
+  (as resuming opens the directory anew)."""
+  checkpoints = Checkpointer(str(directory))
+  checkpoints.save(1, state, {"step": 1})
+  checkpoints.close()
+  checkpoints = Checkpointer(str(directory))
+  try:
+    return checkpoints.restore_state(1, trainer.abstract_state())
+  finally:
+    checkpoints.close()
+
+
 def test_checkpoint_without_augment_state_resumes_with_it_zeroed(tmp_path):
   config = tiny_config()
   trainer = BigGANTrainer(config, 10, parallel.make_mesh())
@@ -248,12 +261,7 @@ def test_checkpoint_without_augment_state_resumes_with_it_zeroed(tmp_path):
             if f.name != "augment"}
   old_type = flax.struct.dataclass(type("OldTrainState", (), {
       "__annotations__": {name: object for name in fields}}))
-  checkpoints = Checkpointer(str(tmp_path))
-  checkpoints.save(1, old_type(**fields), {"step": 1})
-  checkpoints.close()  # Resuming opens the directory anew.
-  checkpoints = Checkpointer(str(tmp_path))
-  restored = checkpoints.restore_state(1, trainer.abstract_state())
-  checkpoints.close()
+  restored = _save_and_restore(tmp_path, old_type(**fields), trainer)
   assert float(restored.augment["p"]) == 0.0
   np.testing.assert_array_equal(restored.g_params["linear"]["kernel"],
                                 state.g_params["linear"]["kernel"])
@@ -267,13 +275,7 @@ def test_ada_p_is_restored_from_a_checkpoint(tmp_path):
   state = trainer.init_state(0)
   moved = jax.tree.map(lambda x: x + 0.3125 if jnp.issubdtype(x.dtype, jnp.floating) else x + 3,
                        state.augment)
-  state = state.replace(augment=moved)
-  checkpoints = Checkpointer(str(tmp_path))
-  checkpoints.save(1, state, {"step": 1})
-  checkpoints.close()
-  checkpoints = Checkpointer(str(tmp_path))
-  restored = checkpoints.restore_state(1, trainer.abstract_state())
-  checkpoints.close()
+  restored = _save_and_restore(tmp_path, state.replace(augment=moved), trainer)
   assert float(restored.augment["p"]) == float(moved["p"]) != 0.0
   for a, b in zip(jax.tree.leaves(restored.augment), jax.tree.leaves(moved)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

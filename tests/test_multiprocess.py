@@ -17,7 +17,7 @@ import pytest
 from biggan_jax.train import BigGANTrainer, sample_latents
 from gan_core import parallel
 from gan_core.checkpointing import Checkpointer
-from conftest import REPO
+from conftest import FAST_COMPILE_FLAG, REPO
 
 LOCAL = str(REPO / "launch" / "local.sh")
 TINY = ["--config=configs/digits32.py", "--config.model.ch=4", "--config.model.dim_z=16",
@@ -32,7 +32,7 @@ def train_command(workdir, steps, processes):
           f"--config.num_train_steps={steps}"]
   env = {k: v for k, v in os.environ.items()
          if not k.startswith("JAX_") or k == "JAX_COMPILATION_CACHE_DIR"}
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # As conftest, less the device count.
+  env["XLA_FLAGS"] = FAST_COMPILE_FLAG  # As conftest, less the device count.
   if processes == 1:
     return main, dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
   return [LOCAL, str(processes), str(4 // processes), *main], env

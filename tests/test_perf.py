@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import REPO, load_config
+from conftest import FAST_COMPILE_FLAG, REPO, load_config
 from gan_core import perf
 
 
@@ -114,8 +114,8 @@ def test_accelerator_peaks_are_looked_up_by_device_kind():
 
 
 def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-             "--xla_backend_optimization_level=0")
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAG}")
   out = subprocess.run(
       [sys.executable, str(REPO / "benchmarks" / "train_step.py"),
        f"--config={REPO / 'configs' / 'digits32.py'}", "--steps=1", "--warmup=0",

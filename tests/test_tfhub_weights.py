@@ -342,7 +342,7 @@ def test_tfhub_generator_matches_pytorch_pretrained_biggan(tmp_path):
   config = small_config()
   # The package's own files pass the importer's checks (the whole import, checkpoint
   # included, is tested above on files written without torch) ...
-  weights_file, config_file = tw.find_files(str(source))
+  _, config_file = tw.find_files(str(source))
   assert tw.config_differences(tw.read_config(config_file), config) == []
   # ... and its torch.save pickle is read into our generator.
   trainer, params, state = _imported(config, source)
