@@ -33,16 +33,16 @@ def test_digits32_default_trains_to_recognisable_digits(tmp_path):
   report = digit_report(data["images"], data["labels"])
   print(f"digits32: {minutes:.1f} min\n{format_report(report)}")
   samples = report["samples"]
-  # Measured 2026-12-02 (2-core CPU): accuracy 0.979, precision 0.719, recall 0.516,
-  # diversity 0.843, all classes (real digits: 0.965 / 0.898 / 0.911 / 1.0). Without the
-  # diversity term (diversity_reg 0) G drew 0.773 / 0.273 / 0.715; with equal learning rates
-  # and a 64-d z, near-copies (recall 0.016): the recall and diversity floors catch a return
-  # to either. Issue 14's goal of recall >= 0.6 at precision >= 0.7 is not reached yet.
-  # A second run of the same command on another VM drew 0.967 / 0.625 / 0.472 / 0.854
-  # (RESULTS.md): the floors sit below that spread.
+  # Measured 2026-12-03 (2-core CPU), training seeds 0 / 1 / 2: precision 0.704 / 0.718 /
+  # 0.687, recall 0.645 / 0.648 / 0.590, diversity 0.91 / 0.90 / 0.90, accuracy 0.97 / 0.97 /
+  # 0.98, all classes (real digits: 0.898 / 0.911 / 1.0 / 0.965). Issue 14's goal is
+  # precision >= 0.7 and recall >= 0.6; the default sits on that edge, and the same command
+  # has drawn precision 0.05 apart on two VMs (RESULTS.md), so the floors sit below the
+  # spread. They still catch the recipes before: recall 0.47 to 0.52 (diversity_reg 2, cap
+  # 0.3), 0.27 (no diversity term), 0.016 (equal learning rates, 64-d z).
   assert samples["digit_accuracy"] >= 0.95
-  assert samples["precision"] >= 0.55
-  assert samples["recall"] >= 0.4
-  assert samples["diversity"] >= 0.75
+  assert samples["precision"] >= 0.62
+  assert samples["recall"] >= 0.55
+  assert samples["diversity"] >= 0.8
   assert samples["classes_present"] == 10
   assert minutes < 12
