@@ -156,3 +156,54 @@ def test_training_turns_ynnpack_fusions_off_unless_the_user_chose():
       "True", "--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type="]
   mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
   assert run(mine) == ["False", mine]
+
+
+def _memory_headroom_module():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("memory_headroom",
+                                                REPO / "benchmarks" / "memory_headroom.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_memory_headroom_reads_the_tpu_compilers_out_of_memory_figure_and_bisects():
+  mh = _memory_headroom_module()
+  message = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+             "space hbm. Used 20.51G of 15.75G hbm. Exceeded hbm capacity by 4.76G.")
+  assert mh.used_bytes_from_error(message) == int(20.51 * 2**30)
+  assert mh.used_bytes_from_error("INTERNAL: something else") is None
+
+  class Linear:  # Peak 1 GB + 0.1 GB per example; records what it was asked to compile.
+    def __init__(self):
+      self.asked = []
+
+    def peak(self, b):
+      self.asked.append(b)
+      return int((1 + 0.1 * b) * 1e9), ""
+
+  m = Linear()
+  # 8 GB fits 70 examples: between 64 (fits) and 128 (fails), in multiples of 8 -> 64.
+  assert mh.largest_fitting(m, 8e9, 64, 128) == 64
+  assert all(b % 8 == 0 and 64 < b < 128 for b in m.asked)
+  m = Linear()
+  assert mh.largest_fitting(m, 10.7e9, 64, 128) == 96  # 97 examples fit; 96 is 8's multiple.
+  assert mh.largest_fitting(m, 1e12, 1024, None) == 1024  # Nothing failed: no search.
+
+
+def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAG}")
+  out = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "memory_headroom.py"),
+       f"--configs={REPO / 'configs' / 'digits32.py'}", "--remat=false", "--max_batch=8",
+       "--capacities_gb=0.000001,1000", "--set=model.ch=4", "--set=model.dim_z=16",
+       "--set=model.shared_dim=8"],
+      capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = [l for l in out.stdout.splitlines() if l.startswith("| digits32.py")]
+  assert len(row) == 1, out.stdout
+  cells = [c.strip() for c in row[0].strip("|").split("|")]
+  assert cells[:4] == ["digits32.py", "32", "off", "float32"], cells
+  assert float(cells[4].split()[0]) > 0  # The compiled peak at 8 per device, in GB.
+  assert cells[5:] == ["< 8", ">= 8"], cells
