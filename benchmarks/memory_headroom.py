@@ -166,19 +166,18 @@ def main(_):
   for path in FLAGS.configs:
     for remat in (r.lower() in ("1", "true", "yes") for r in FLAGS.remat):
       m = Measurer(path, remat, devices)
-      sizes, b = [], 8
+      b = 8
       while b <= FLAGS.max_batch:  # Doubling until the largest capacity is exceeded.
         peak, note = m.peak(b)
         print(f"{path} remat={remat} batch {b}/device: "
               f"{'?' if peak is None else f'{peak / GB:.2f} GB'} ({note})", flush=True)
-        sizes.append((b, peak))
         if peak is None or peak > max(capacities) * GB:
           break
         b *= 2
       cells = []
-      for cap in capacities:
-        fit = [s for s, p in sizes if p is not None and p <= cap * GB]
-        over = [s for s, p in sizes if p is None or p > cap * GB]
+      for cap in capacities:  # Every batch compiled so far (bisections too) narrows the search.
+        fit = [s for s, (p, _) in m.cache.items() if p is not None and p <= cap * GB]
+        over = [s for s, (p, _) in m.cache.items() if p is None or p > cap * GB]
         if not fit:
           cells.append("< 8")
           continue
