@@ -113,16 +113,21 @@ def test_accelerator_peaks_are_looked_up_by_device_kind():
     perf.peak_flops(Fake("NVIDIA H200"), "float16")
 
 
+def run_benchmark(script: str, devices: int, *args: str) -> subprocess.CompletedProcess:
+  """benchmarks/<script> with `args`, on `devices` simulated CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
+                                    f"{FAST_COMPILE_FLAG}"))
+  return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
 def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
-  env = dict(os.environ,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAG}")
-  out = subprocess.run(
-      [sys.executable, str(REPO / "benchmarks" / "train_step.py"),
-       f"--config={REPO / 'configs' / 'digits32.py'}", "--steps=1", "--warmup=0",
-       # Plumbing, not timing: a narrower model compiles faster.
-       "--config.model.ch=4", "--config.model.dim_z=16", "--config.model.shared_dim=8",
-       f"--profile={tmp_path / 'trace'}"],
-      capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  out = run_benchmark(
+      "train_step.py", 1,
+      f"--config={REPO / 'configs' / 'digits32.py'}", "--steps=1", "--warmup=0",
+      # Plumbing, not timing: a narrower model compiles faster.
+      "--config.model.ch=4", "--config.model.dim_z=16", "--config.model.shared_dim=8",
+      f"--profile={tmp_path / 'trace'}")
   assert out.returncode == 0, out.stderr[-3000:]
   fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
   assert float(fields["model GFLOP/iteration"]) > 0
@@ -192,14 +197,11 @@ def test_memory_headroom_reads_the_tpu_compilers_out_of_memory_figure_and_bisect
 
 
 def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
-  env = dict(os.environ,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAG}")
-  out = subprocess.run(
-      [sys.executable, str(REPO / "benchmarks" / "memory_headroom.py"),
-       f"--configs={REPO / 'configs' / 'digits32.py'}", "--remat=false", "--max_batch=8",
-       "--capacities_gb=0.000001,1000", "--set=model.ch=4", "--set=model.dim_z=16",
-       "--set=model.shared_dim=8"],
-      capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  out = run_benchmark(
+      "memory_headroom.py", 2,
+      f"--configs={REPO / 'configs' / 'digits32.py'}", "--remat=false", "--max_batch=8",
+      "--capacities_gb=0.000001,1000", "--set=model.ch=4", "--set=model.dim_z=16",
+      "--set=model.shared_dim=8")
   assert out.returncode == 0, out.stderr[-3000:]
   row = [l for l in out.stdout.splitlines() if l.startswith("| digits32.py")]
   assert len(row) == 1, out.stdout
