@@ -6,11 +6,15 @@ r"""The largest per-device batch whose BigGAN training iteration fits in device 
 For each config, with and without `config.model.remat` (G and D blocks rematerialised), the
 script compiles the whole training iteration (num_d_steps D steps + the G step, as in
 training; `num_accumulations` 1, so the per-device batch is what lives in memory at once)
-at per-device batches 8, 16, 32, ... and reads the compiled program's peak device memory
-(arguments + outputs + temporaries - donated aliases, `gan_core.perf.peak_memory_bytes`).
-Then, for every capacity, it bisects (to a multiple of 8) for the largest per-device batch
-whose compiled peak fits. Every figure in the table is a compiled peak, none is
-interpolated: where a batch is not compiled the table says so.
+at per-device batches 8 and 64 (`--probe_batches`) and reads the compiled program's peak
+device memory (arguments + outputs + temporaries - donated aliases,
+`gan_core.perf.peak_memory_bytes`). Then, for every capacity, it searches (in multiples of
+8) for the largest per-device batch whose compiled peak fits: the next batch compiled is
+where the line through the nearest compiled peaks meets the capacity (the peak is nearly
+linear in the batch, so a capacity usually costs two compiles: the crossing and 8 more),
+with bisection as the fallback. Each answer is bracketed by two compiled peaks, the batch
+that fits and the one 8 larger that does not; none is interpolated. The script prints
+every compiled peak, then the table.
 
 `--target=local` compiles for this process's devices (a GPU or TPU machine; on CPU the
 memory analysis does not see remat's saving). `--target=tpu:TOPOLOGY` compiles for a TPU
@@ -35,7 +39,14 @@ flags.DEFINE_list("configs", ["configs/imagenet128.py", "configs/imagenet256.py"
                               "configs/imagenet512.py"], "BigGAN config files.")
 flags.DEFINE_string("target", "local", "'local' or 'tpu:<topology>', e.g. tpu:v5e:2x2.")
 flags.DEFINE_list("capacities_gb", ["16", "32", "80", "141"], "Device memory sizes (GB, 1e9).")
-flags.DEFINE_integer("max_batch", 1024, "Largest per-device batch tried.")
+flags.DEFINE_integer("max_batch", 4096, "Largest per-device batch tried.")
+flags.DEFINE_list("known_peaks", [], "BATCH:GB pairs this script printed in an earlier run "
+                  "(same config, remat setting, target and versions), taken as compiled; "
+                  "for one config and one remat setting only.")
+flags.DEFINE_list("batches", [], "Only compile these per-device batches and print their peaks "
+                  "(no search, no table), e.g. to compare targets.")
+flags.DEFINE_list("probe_batches", ["8", "64"], "Per-device batches compiled first (8 always): "
+                  "the line through them aims the search for each capacity.")
 flags.DEFINE_string("compute_dtype", "", "Override config.model.compute_dtype.")
 flags.DEFINE_list("remat", ["false", "true"], "Remat settings to measure.")
 flags.DEFINE_multi_string("set", [], "Config overrides FIELD=VALUE (Python literals), e.g. "
@@ -43,15 +54,39 @@ flags.DEFINE_multi_string("set", [], "Config overrides FIELD=VALUE (Python liter
 FLAGS = flags.FLAGS
 
 GB = 1e9
-# "Used 20.51G of 15.75G hbm. Exceeded hbm capacity by 4.76G." (XLA:TPU's out-of-memory error)
+# XLA:TPU's out-of-memory compile errors come in two forms: the whole program's use,
+#   "Used 20.51G of 15.75G hbm. Exceeded hbm capacity by 4.76G."
+# and, where the temporaries alone exceed the HBM, only those:
+#   "the total memory required for HLO temporaries (31.17G) exceeds available HBM (15.75G)"
 _USED = re.compile(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm")
+_TEMPORARIES = re.compile(r"memory required for HLO temporaries \(([0-9.]+)([KMGT])\)")
 _UNIT = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def used_bytes_from_error(message: str) -> int | None:
-  """The bytes XLA:TPU says a program needs, from its out-of-HBM compile error."""
+def used_bytes_from_error(message: str, argument_bytes: int = 0) -> int | None:
+  """The bytes XLA:TPU says a program needs, from its out-of-HBM compile error.
+
+  Where the message gives only the temporaries, the program's arguments (`argument_bytes`:
+  per device; the outputs alias the donated state) are added to them.
+  """
   m = _USED.search(message)
-  return None if m is None else int(float(m.group(1)) * _UNIT[m.group(2)])
+  if m is not None:
+    return int(float(m.group(1)) * _UNIT[m.group(2)])
+  m = _TEMPORARIES.search(message)
+  if m is not None:
+    return int(float(m.group(1)) * _UNIT[m.group(2)]) + argument_bytes
+  return None
+
+
+def per_device_bytes(tree: Any) -> int:
+  """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+  import jax
+  import numpy as np
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.shape if leaf.sharding is None else leaf.sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+  return total
 
 
 def devices_for(target: str) -> list[Any]:
@@ -97,7 +132,8 @@ def apply_override(config: Any, item: str) -> None:
 class Measurer:
   """peak(per_device_batch) for one config and remat setting, compiled once per batch."""
 
-  def __init__(self, config_path: str, remat: bool, devices: list[Any]):
+  def __init__(self, config_path: str, remat: bool, devices: list[Any], label: str = ""):
+    self.label = label
     self.config = load_config(config_path)
     for item in FLAGS.set:
       apply_override(self.config, item)
@@ -108,11 +144,16 @@ class Measurer:
       self.config.model.compute_dtype = FLAGS.compute_dtype
     self.devices = devices
     self.cache: dict[int, tuple[int | None, str]] = {}
+    for item in FLAGS.known_peaks:
+      batch, _, gb = item.partition(":")
+      self.cache[int(batch)] = int(float(gb) * GB), "from --known_peaks"
 
   def peak(self, per_device: int) -> tuple[int | None, str]:
     """(peak bytes or None, note) of the compiled iteration at this per-device batch."""
     if per_device not in self.cache:
-      self.cache[per_device] = self._compile(per_device)
+      self.cache[per_device] = peak, note = self._compile(per_device)
+      print(f"{self.label} batch {per_device}/device: "
+            f"{'?' if peak is None else f'{peak / GB:.2f} GB'} ({note})", flush=True)
     return self.cache[per_device]
 
   def _compile(self, per_device: int) -> tuple[int | None, str]:
@@ -129,31 +170,80 @@ class Measurer:
     sharding = parallel.batch_sharding(mesh, 2)
     batch = {"images": jax.ShapeDtypeStruct(shape + (res, res, 3), jnp.uint8, sharding=sharding),
              "labels": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)}
+    state = trainer.abstract_state()
     t0 = time.perf_counter()
     try:
-      compiled = trainer.train_iteration.lower(trainer.abstract_state(), batch).compile()
+      compiled = trainer.train_iteration.lower(state, batch).compile()
     except Exception as e:  # noqa: BLE001 -- an out-of-memory compile is a measurement.
-      used = used_bytes_from_error(str(e))
+      used = used_bytes_from_error(str(e), per_device_bytes((state, batch)))
       if used is None:
         raise
-      return used, f"{time.perf_counter() - t0:.0f} s, from the compiler's out-of-HBM error"
+      form = "used" if _USED.search(str(e)) else "temporaries + arguments"
+      return used, (f"{time.perf_counter() - t0:.0f} s, from the compiler's out-of-HBM error: "
+                    f"{form}")
     return perf.peak_memory_bytes(compiled), f"{time.perf_counter() - t0:.0f} s"
 
 
-def largest_fitting(m: Measurer, capacity: float, fits: int, fails: int | None) -> int:
-  """Bisect (multiples of 8) between a fitting and a failing batch."""
-  if fails is None:
-    return fits
-  while fails - fits > 8:
-    mid = (fits + fails) // 2 // 8 * 8
-    if mid in (fits, fails):
-      break
-    peak, _ = m.peak(mid)
-    if peak is not None and peak <= capacity:
-      fits = mid
-    else:
-      fails = mid
-  return fits
+def _floor8(x: float) -> int:
+  return int(x // 8) * 8
+
+
+def _slope(points: list[tuple[int, int]]) -> float | None:
+  """Bytes per example through the two given (batch, peak) points, if it is positive."""
+  (b0, p0), (b1, p1) = points
+  return (p1 - p0) / (b1 - b0) if b1 != b0 and p1 > p0 else None
+
+
+def largest_fitting(m: Any, capacity: float, max_batch: int
+                    ) -> tuple[int | None, int | None]:
+  """(largest fitting, smallest failing) multiple-of-8 batch, each compiled, for `capacity`.
+
+  Uses every batch `m` has compiled so far (`m.cache`) and compiles more until the two differ
+  by 8, the smallest batch (8) fails (fitting None), or `max_batch` fits (failing None). The
+  next batch is where the line through the bracketing compiled peaks (or, outside a bracket,
+  through the two nearest) reaches the capacity, rounded down to a multiple of 8 and kept
+  strictly inside the bracket; the peak grows almost linearly with the batch, so a capacity
+  usually costs two compiles (the crossing, then 8 more). Where a step did not halve the
+  bracket (a curved peak, approached from one side), the next one bisects it.
+  The figures reported are compiled peaks on both sides of the answer, none interpolated.
+  """
+  widths: list[float] = []
+  for _ in range(10_000):
+    known = {b: p for b, (p, _) in m.cache.items()}
+    fit = sorted(b for b, p in known.items() if p is not None and p <= capacity)
+    over = sorted(b for b, p in known.items() if p is None or p > capacity)
+    hi = over[0] if over else None
+    fit = [b for b in fit if hi is None or b < hi]  # A larger fitting batch is noise.
+    lo = fit[-1] if fit else None
+    if hi == 8 or (lo is not None and hi is not None and hi - lo <= 8):
+      return lo, hi
+    if lo is not None and lo >= max_batch:
+      return lo, None
+    floor, ceiling = (lo or 0) + 8, (hi - 8 if hi is not None else max_batch)
+    widths.append(float("inf") if lo is None or hi is None else hi - lo)
+    guess = None
+    if len(widths) < 3 or widths[-1] <= widths[-3] / 2:
+      if lo is not None and hi is not None and known[hi] is not None:
+        line = [(lo, known[lo]), (hi, known[hi])]
+      elif lo is not None and hi is None and len(fit) >= 2:
+        # The widest baseline: near the device's capacity XLA rematerialises on its own,
+        # which bends the peak down, so two close batches can even give a negative slope.
+        line = [(fit[0], known[fit[0]]), (lo, known[lo])]
+      elif lo is None and len(over) >= 2 and known[over[1]] is not None and known[hi] is not None:
+        line = [(hi, known[hi]), (over[1], known[over[1]])]
+      else:
+        line = None
+      slope = _slope(line) if line else None
+      if slope:
+        b, p = line[0]
+        guess = _floor8(b + (capacity - p) / slope)
+    if guess is None:  # Bisect, or double / halve outside a bracket.
+      if lo is not None and hi is not None:
+        guess = _floor8((lo + hi) / 2)
+      else:
+        guess = lo * 2 if lo is not None else _floor8(hi / 2)
+    m.peak(min(max(guess, floor), ceiling))
+  raise RuntimeError("largest_fitting did not converge")
 
 
 def main(_):
@@ -162,29 +252,28 @@ def main(_):
   kind = getattr(devices[0], "device_kind", str(devices[0]))
   capacities = [float(c) for c in FLAGS.capacities_gb]
   print(f"target: {FLAGS.target} ({len(devices)} x {kind}); jax {jax.__version__}")
-  rows = []
+  if FLAGS.known_peaks and len(FLAGS.configs) * len(FLAGS.remat) != 1:
+    raise app.UsageError("--known_peaks needs one config and one --remat setting")
+  rows, compiled = [], []
   for path in FLAGS.configs:
     for remat in (r.lower() in ("1", "true", "yes") for r in FLAGS.remat):
-      m = Measurer(path, remat, devices)
-      b = 8
-      while b <= FLAGS.max_batch:  # Doubling until the largest capacity is exceeded.
-        peak, note = m.peak(b)
-        print(f"{path} remat={remat} batch {b}/device: "
-              f"{'?' if peak is None else f'{peak / GB:.2f} GB'} ({note})", flush=True)
-        if peak is None or peak > max(capacities) * GB:
-          break
-        b *= 2
+      m = Measurer(path, remat, devices, label=f"{path} remat={remat}")
+      if FLAGS.batches:
+        for b in FLAGS.batches:
+          m.peak(int(b))
+        continue
+      for b in sorted({min(int(b), FLAGS.max_batch) for b in FLAGS.probe_batches} | {8}):
+        m.peak(b)
       cells = []
-      for cap in capacities:  # Every batch compiled so far (bisections too) narrows the search.
-        fit = [s for s, (p, _) in m.cache.items() if p is not None and p <= cap * GB]
-        over = [s for s, (p, _) in m.cache.items() if p is None or p > cap * GB]
-        if not fit:
-          cells.append("< 8")
-          continue
-        best = largest_fitting(m, cap * GB, max(fit), min(over) if over else None)
-        cells.append(str(best) if over else f">= {best}")
+      for cap in sorted(capacities):  # Every batch compiled so far narrows the next search.
+        fits, fails = largest_fitting(m, cap * GB, FLAGS.max_batch)
+        cells.append("< 8" if fits is None else str(fits) if fails is not None else f">= {fits}")
+      cells = [cells[sorted(capacities).index(c)] for c in capacities]
+      compiled.append((path, remat, sorted((b, p) for b, (p, _) in m.cache.items())))
       rows.append((path, m.config.model.resolution, remat, m.config.model.compute_dtype,
                    m.peak(8)[0], cells))
+  if FLAGS.batches:
+    return
   header = ("| config | res | remat | dtype | peak at 8/device | "
             + " | ".join(f"{c:g} GB" for c in capacities) + " |")
   print()
@@ -195,6 +284,11 @@ def main(_):
     p8 = "?" if peak8 is None else f"{peak8 / GB:.2f} GB"
     print(f"| {os.path.basename(path)} | {res} | {'on' if remat else 'off'} | {dtype} | {p8} | "
           + " | ".join(cells) + " |")
+  print()
+  print("Every compiled peak (per-device batch: GB):")
+  for path, remat, points in compiled:
+    print(f"{os.path.basename(path)} remat {'on' if remat else 'off'}: " + ", ".join(
+        f"{b}: {'?' if p is None else f'{p / GB:.2f}'}" for b, p in points))
 
 
 if __name__ == "__main__":

@@ -178,22 +178,46 @@ def test_memory_headroom_reads_the_tpu_compilers_out_of_memory_figure_and_bisect
              "space hbm. Used 20.51G of 15.75G hbm. Exceeded hbm capacity by 4.76G.")
   assert mh.used_bytes_from_error(message) == int(20.51 * 2**30)
   assert mh.used_bytes_from_error("INTERNAL: something else") is None
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (31.17G) exceeds available HBM (15.75G).")  # Temporaries only:
+  assert mh.used_bytes_from_error(message, 2_000_000) == int(31.17 * 2**30) + 2_000_000
 
-  class Linear:  # Peak 1 GB + 0.1 GB per example; records what it was asked to compile.
-    def __init__(self):
-      self.asked = []
+  class Compiler:  # A peak curve; records the batches it was asked to compile.
+    def __init__(self, curve, probes=(8, 64)):
+      self.curve, self.cache, self.asked = curve, {}, []
+      for b in probes:
+        self.peak(b)
+      self.asked.clear()
 
     def peak(self, b):
-      self.asked.append(b)
-      return int((1 + 0.1 * b) * 1e9), ""
+      if b not in self.cache:
+        self.asked.append(b)
+        self.cache[b] = self.curve(b), ""
+      return self.cache[b]
 
-  m = Linear()
-  # 8 GB fits 70 examples: between 64 (fits) and 128 (fails), in multiples of 8 -> 64.
-  assert mh.largest_fitting(m, 8e9, 64, 128) == 64
-  assert all(b % 8 == 0 and 64 < b < 128 for b in m.asked)
-  m = Linear()
-  assert mh.largest_fitting(m, 10.7e9, 64, 128) == 96  # 97 examples fit; 96 is 8's multiple.
-  assert mh.largest_fitting(m, 1e12, 1024, None) == 1024  # Nothing failed: no search.
+  linear = lambda b: int((1 + 0.1 * b) * 1e9)  # 1 GB + 0.1 GB per example.
+  for capacity, answer in [(8e9, 64), (10.7e9, 96), (32e9, 304), (141e9, 1400)]:
+    m = Compiler(linear)
+    fits, fails = mh.largest_fitting(m, capacity, 4096)
+    # The largest multiple of 8 that fits, and the next one, both compiled: no figure guessed.
+    assert (fits, fails) == (answer, answer + 8), capacity
+    assert m.cache[fits][0] <= capacity < m.cache[fails][0]
+    # Aimed along the line through the probes: at most the crossing and 8 beyond it.
+    assert len(m.asked) <= 2 and all(b % 8 == 0 for b in m.asked), m.asked
+  m = Compiler(linear)
+  assert mh.largest_fitting(m, 1e15, 4096) == (4096, None)  # Everything fits: '>= 4096'.
+  assert mh.largest_fitting(Compiler(linear), 0.5e9, 4096) == (None, 8)  # Nothing fits: '< 8'.
+
+  # A curved peak (the search comes at it from one side) and compiles that fail without a
+  # figure (None) still end bracketed to 8, in fewer compiles than stepping by 8 would.
+  curved = lambda b: int((3 + 0.02 * b + 0.0002 * b * b) * 1e9)
+  for capacity in (16e9, 32e9, 80e9, 141e9):
+    m = Compiler(curved)
+    fits, fails = mh.largest_fitting(m, capacity, 4096)
+    assert fails == fits + 8 and curved(fits) <= capacity < curved(fails), capacity
+    assert len(m.asked) <= 14, m.asked
+  m = Compiler(lambda b: None if b > 100 else linear(b))
+  assert mh.largest_fitting(m, 50e9, 4096) == (96, 104)
 
 
 def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
