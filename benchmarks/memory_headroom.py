@@ -264,11 +264,10 @@ def main(_):
         continue
       for b in sorted({min(int(b), FLAGS.max_batch) for b in FLAGS.probe_batches} | {8}):
         m.peak(b)
-      cells = []
-      for cap in sorted(capacities):  # Every batch compiled so far narrows the next search.
-        fits, fails = largest_fitting(m, cap * GB, FLAGS.max_batch)
-        cells.append("< 8" if fits is None else str(fits) if fails is not None else f">= {fits}")
-      cells = [cells[sorted(capacities).index(c)] for c in capacities]
+      # Smallest capacity first: every batch compiled so far narrows the next search.
+      found = {cap: largest_fitting(m, cap * GB, FLAGS.max_batch) for cap in sorted(capacities)}
+      cells = ["< 8" if fits is None else str(fits) if fails is not None else f">= {fits}"
+               for fits, fails in (found[cap] for cap in capacities)]
       compiled.append((path, remat, sorted((b, p) for b, (p, _) in m.cache.items())))
       rows.append((path, m.config.model.resolution, remat, m.config.model.compute_dtype,
                    m.peak(8)[0], cells))
