@@ -20,11 +20,16 @@ every compiled peak, then the table.
 memory analysis does not see remat's saving). `--target=tpu:TOPOLOGY` compiles for a TPU
 topology without the hardware (deviceless ahead-of-time compilation; needs `libtpu`
 installed, e.g. in a separate virtual environment: `pip install "jax[tpu]"`). The TPU
-compiler refuses a program that exceeds the target's HBM and says by how much; the script
-reads the used bytes from that message, so one v5e target (16 GB) measures the peaks for
-every capacity. The capacities are compared with the compiled peak as is: on GPUs JAX takes
-75% of the memory by default (`XLA_PYTHON_CLIENT_MEM_FRACTION`), and runtimes keep some for
-themselves, so leave headroom.
+compiler refuses a program that exceeds the target's HBM (in seconds rather than minutes)
+and says how much it needs; the script reads that figure, which is an estimate, not a
+compiled peak: it does not see rematerialisation and ran 10-12% high for BigGAN-128 on a v5e
+(benchmarks/RESULTS.md). A refusal proves that a batch does not fit any capacity up to the
+target's HBM; a capacity above it is answered from the estimates, and its table cell is
+marked `~`. Compile for a target with more HBM for those (`tpu:v5p:2x2x1`: 95 GiB per chip;
+in libtpu 0.0.42.1 no TPU target has more per device, TPU7x's 192 GB chip being two devices
+of 94.75 GiB, so 141 GB needs `--target=local` on an H200). The capacities are compared with the compiled peak as is:
+on GPUs JAX takes 75% of the memory by default (`XLA_PYTHON_CLIENT_MEM_FRACTION`), and
+runtimes keep some for themselves, so leave headroom.
 """
 from __future__ import annotations
 
@@ -60,7 +65,35 @@ GB = 1e9
 #   "the total memory required for HLO temporaries (31.17G) exceeds available HBM (15.75G)"
 _USED = re.compile(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm")
 _TEMPORARIES = re.compile(r"memory required for HLO temporaries \(([0-9.]+)([KMGT])\)")
+_HBM = re.compile(r"(?:of ([0-9.]+)([KMGT]) hbm|available HBM \(([0-9.]+)([KMGT])\))")
 _UNIT = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+ESTIMATE = "from the compiler's out-of-HBM error"
+
+
+def hbm_bytes_from_error(message: str) -> int | None:
+  """The target's HBM per device, as XLA:TPU's out-of-HBM compile error states it."""
+  m = _HBM.search(message)
+  if m is None:
+    return None
+  value, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+  return int(float(value) * _UNIT[unit])
+
+
+def table_cell(cache: dict[int, tuple[int | None, str]], capacity: float, fits: int | None,
+               fails: int | None, hbm: int | None) -> str:
+  """The table's entry for one capacity: '~' marks an answer that rests on an estimate.
+
+  `cache` maps batch -> (peak bytes, note) as `Measurer.cache`; `hbm` is the target's HBM
+  per device where a refusal stated it. A fitting batch whose figure is an estimate (the
+  target refused it, so the capacity is above the target's HBM) is uncertain, and so is a
+  failing batch's estimate for a capacity above `hbm` (or where `hbm` is unknown): the
+  refusal shows only that it needs more than `hbm`.
+  """
+  text = "< 8" if fits is None else str(fits) if fails is not None else f">= {fits}"
+  estimated = lambda b: b is not None and ESTIMATE in cache[b][1]
+  if estimated(fits) or (estimated(fails) and (hbm is None or capacity > hbm)):
+    return "~" + text
+  return text
 
 
 def used_bytes_from_error(message: str, argument_bytes: int = 0) -> int | None:
@@ -144,6 +177,7 @@ class Measurer:
       self.config.model.compute_dtype = FLAGS.compute_dtype
     self.devices = devices
     self.cache: dict[int, tuple[int | None, str]] = {}
+    self.hbm: int | None = None  # The target's HBM per device, from a refusal's message.
     for item in FLAGS.known_peaks:
       batch, _, gb = item.partition(":")
       self.cache[int(batch)] = int(float(gb) * GB), "from --known_peaks"
@@ -178,9 +212,9 @@ class Measurer:
       used = used_bytes_from_error(str(e), per_device_bytes((state, batch)))
       if used is None:
         raise
+      self.hbm = hbm_bytes_from_error(str(e)) or self.hbm
       form = "used" if _USED.search(str(e)) else "temporaries + arguments"
-      return used, (f"{time.perf_counter() - t0:.0f} s, from the compiler's out-of-HBM error: "
-                    f"{form}")
+      return used, f"{time.perf_counter() - t0:.0f} s, {ESTIMATE}: {form}"
     return perf.peak_memory_bytes(compiled), f"{time.perf_counter() - t0:.0f} s"
 
 
@@ -266,9 +300,9 @@ def main(_):
         m.peak(b)
       # Smallest capacity first: every batch compiled so far narrows the next search.
       found = {cap: largest_fitting(m, cap * GB, FLAGS.max_batch) for cap in sorted(capacities)}
-      cells = ["< 8" if fits is None else str(fits) if fails is not None else f">= {fits}"
-               for fits, fails in (found[cap] for cap in capacities)]
-      compiled.append((path, remat, sorted((b, p) for b, (p, _) in m.cache.items())))
+      cells = [table_cell(m.cache, cap * GB, *found[cap], m.hbm) for cap in capacities]
+      compiled.append((path, remat, sorted((b, p, ESTIMATE in note)
+                                           for b, (p, note) in m.cache.items())))
       rows.append((path, m.config.model.resolution, remat, m.config.model.compute_dtype,
                    m.peak(8)[0], cells))
   if FLAGS.batches:
@@ -283,11 +317,15 @@ def main(_):
     p8 = "?" if peak8 is None else f"{peak8 / GB:.2f} GB"
     print(f"| {os.path.basename(path)} | {res} | {'on' if remat else 'off'} | {dtype} | {p8} | "
           + " | ".join(cells) + " |")
+  if any(c.startswith("~") for *_, cells in rows for c in cells):
+    print("~: the answer rests on the compiler's out-of-HBM estimate (the capacity is above the "
+          "target's HBM), not on compiled peaks: compile for a target with more HBM.")
   print()
-  print("Every compiled peak (per-device batch: GB):")
+  print("Every compiled peak (per-device batch: GB; 'est.' = the out-of-HBM estimate):")
   for path, remat, points in compiled:
     print(f"{os.path.basename(path)} remat {'on' if remat else 'off'}: " + ", ".join(
-        f"{b}: {'?' if p is None else f'{p / GB:.2f}'}" for b, p in points))
+        f"{b}: {'?' if p is None else f'{p / GB:.2f}'}{' est.' if est else ''}"
+        for b, p, est in points))
 
 
 if __name__ == "__main__":

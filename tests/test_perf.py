@@ -1,4 +1,5 @@
 """Benchmark utilisation figures: XLA's FLOP count against an analytic one, MFU and memory plumbing."""
+import functools
 import os
 import subprocess
 import sys
@@ -163,7 +164,8 @@ def test_training_turns_ynnpack_fusions_off_unless_the_user_chose():
   assert run(mine) == ["False", mine]
 
 
-def _memory_headroom_module():
+@functools.lru_cache(maxsize=None)
+def _memory_headroom_module():  # Once: its absl flags can be defined only once per process.
   import importlib.util
   spec = importlib.util.spec_from_file_location("memory_headroom",
                                                 REPO / "benchmarks" / "memory_headroom.py")
@@ -218,6 +220,28 @@ def test_memory_headroom_reads_the_tpu_compilers_out_of_memory_figure_and_bisect
     assert len(m.asked) <= 14, m.asked
   m = Compiler(lambda b: None if b > 100 else linear(b))
   assert mh.largest_fitting(m, 50e9, 4096) == (96, 104)
+
+
+def test_memory_headroom_marks_answers_that_rest_on_the_out_of_hbm_estimate():
+  mh = _memory_headroom_module()
+  refusal = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (31.17G) exceeds available HBM (15.75G).")
+  assert mh.hbm_bytes_from_error(refusal) == int(15.75 * 2**30)
+  assert mh.hbm_bytes_from_error("Used 20.51G of 94.75G hbm. Exceeded") == int(94.75 * 2**30)
+  assert mh.hbm_bytes_from_error("INTERNAL: something else") is None
+  hbm = int(15.75 * 2**30)
+  compiled, estimate = "300 s", f"12 s, {mh.ESTIMATE}: temporaries + arguments"
+  cache = {8: (4e9, compiled), 112: (15.9e9, compiled), 120: (16.6e9, estimate),
+           232: (31.2e9, estimate), 240: (32.5e9, estimate)}
+  # Within the target's HBM a refusal is proof: 120 does not fit 16 GB on this target.
+  assert mh.table_cell(cache, 16e9, 112, 120, hbm) == "112"
+  # Above it, both sides of the bracket are the compiler's estimates: marked.
+  assert mh.table_cell(cache, 32e9, 232, 240, hbm) == "~232"
+  # A compiled fit beside an estimated failure above the HBM (or an unknown HBM): marked.
+  assert mh.table_cell(cache, 20e9, 112, 120, hbm) == "~112"
+  assert mh.table_cell(cache, 16e9, 112, 120, None) == "~112"
+  assert mh.table_cell(cache, 1e15, 240, None, hbm) == "~>= 240"
+  assert mh.table_cell(cache, 1e9, None, 8, hbm) == "< 8"
 
 
 def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
