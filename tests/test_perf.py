@@ -257,3 +257,22 @@ def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
   assert cells[:4] == ["digits32.py", "32", "off", "float32"], cells
   assert float(cells[4].split()[0]) > 0  # The compiled peak at 8 per device, in GB.
   assert cells[5:] == ["< 8", ">= 8"], cells
+
+
+def test_cpu_bf16_repro_prints_a_rate_per_op_dtype_and_flag_set():
+  out = run_benchmark("cpu_bf16_repro.py", 1, "--gemm=64", "--conv=1,8,8,4,4", "--repeats=1",
+                      "--flag_sets=default,eigen")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.startswith("CPU: ") and "avx512_bf16: " in out.stdout, out.stdout
+  rows = {l.split("|")[1].strip(): l for l in out.stdout.splitlines() if l.startswith("| ")}
+  assert {"jax, jaxlib's default", "jax, YNNPACK fusions off (our training default)"} <= set(rows)
+  for label, line in rows.items():
+    if label == "run":
+      continue
+    cells = [c.strip() for c in line.strip().strip("|").split("|")][1:]
+    assert len(cells) == 6, line  # f32 and bf16 for the GEMM, conv forward, kernel gradient.
+    assert all(float(c.split()[0]) > 0 for c in cells), line
+  torch_row = "torch (oneDNN)" in rows
+  assert torch_row or "torch not installed" in out.stdout, out.stdout
+  bad = run_benchmark("cpu_bf16_repro.py", 1, "--flag_sets=nonesuch")
+  assert bad.returncode != 0 and "known: default" in bad.stderr, bad.stderr[-500:]
