@@ -9,11 +9,13 @@ training; `num_accumulations` 1, so the per-device batch is what lives in memory
 at per-device batches 8 and 64 (`--probe_batches`) and reads the compiled program's peak
 device memory (arguments + outputs + temporaries - donated aliases,
 `gan_core.perf.peak_memory_bytes`). Then, for every capacity, it searches (in multiples of
-8) for the largest per-device batch whose compiled peak fits: the next batch compiled is
+8, and below 8 in steps of 1 down to `--min_batch`, as at 512x512 where BigGAN ran at 4 per
+TPU core) for the largest per-device batch whose compiled peak fits: the next batch compiled is
 where the line through the nearest compiled peaks meets the capacity (the peak is nearly
 linear in the batch, so a capacity usually costs two compiles: the crossing and 8 more),
 with bisection as the fallback. Each answer is bracketed by two compiled peaks, the batch
-that fits and the one 8 larger that does not; none is interpolated. The script prints
+that fits and the next one on the grid (8 larger; 1 larger below 8) that does not; none is
+interpolated. The script prints
 every compiled peak, then the table.
 
 `--target=local` compiles for this process's devices (a GPU or TPU machine; on CPU the
@@ -45,6 +47,8 @@ flags.DEFINE_list("configs", ["configs/imagenet128.py", "configs/imagenet256.py"
 flags.DEFINE_string("target", "local", "'local' or 'tpu:<topology>', e.g. tpu:v5e:2x2.")
 flags.DEFINE_list("capacities_gb", ["16", "32", "80", "141"], "Device memory sizes (GB, 1e9).")
 flags.DEFINE_integer("max_batch", 4096, "Largest per-device batch tried.")
+flags.DEFINE_integer("min_batch", 1, "Smallest per-device batch tried where 8 does not fit "
+                     "(the search steps by 1 below 8); 8 stops it at 8.")
 flags.DEFINE_list("known_peaks", [], "BATCH:GB pairs this script printed in an earlier run "
                   "(same config, remat setting, target and versions), taken as compiled; "
                   "for one config and one remat setting only.")
@@ -89,7 +93,8 @@ def table_cell(cache: dict[int, tuple[int | None, str]], capacity: float, fits: 
   failing batch's estimate for a capacity above `hbm` (or where `hbm` is unknown): the
   refusal shows only that it needs more than `hbm`.
   """
-  text = "< 8" if fits is None else str(fits) if fails is not None else f">= {fits}"
+  text = (f"< {fails}" if fits is None else str(fits) if fails is not None
+          else f">= {fits}")
   estimated = lambda b: b is not None and ESTIMATE in cache[b][1]
   if estimated(fits) or (estimated(fails) and (hbm is None or capacity > hbm)):
     return "~" + text
@@ -218,8 +223,19 @@ class Measurer:
     return perf.peak_memory_bytes(compiled), f"{time.perf_counter() - t0:.0f} s"
 
 
-def _floor8(x: float) -> int:
-  return int(x // 8) * 8
+def on_grid(x: float, min_batch: int = 1) -> int:
+  """The largest searched batch <= x: a multiple of 8, or below 8 any of min_batch..7."""
+  if x >= 8:
+    return int(x // 8) * 8
+  return max(int(x), min(min_batch, 8))
+
+
+def next_on_grid(b: int) -> int:
+  return b + 1 if b < 8 else b + 8
+
+
+def previous_on_grid(b: int) -> int:
+  return b - 1 if b <= 8 else b - 8
 
 
 def _slope(points: list[tuple[int, int]]) -> float | None:
@@ -228,19 +244,22 @@ def _slope(points: list[tuple[int, int]]) -> float | None:
   return (p1 - p0) / (b1 - b0) if b1 != b0 and p1 > p0 else None
 
 
-def largest_fitting(m: Any, capacity: float, max_batch: int
+def largest_fitting(m: Any, capacity: float, max_batch: int, min_batch: int = 1
                     ) -> tuple[int | None, int | None]:
-  """(largest fitting, smallest failing) multiple-of-8 batch, each compiled, for `capacity`.
+  """(largest fitting, smallest failing) batch on the search grid, each compiled.
 
-  Uses every batch `m` has compiled so far (`m.cache`) and compiles more until the two differ
-  by 8, the smallest batch (8) fails (fitting None), or `max_batch` fits (failing None). The
-  next batch is where the line through the bracketing compiled peaks (or, outside a bracket,
-  through the two nearest) reaches the capacity, rounded down to a multiple of 8 and kept
-  strictly inside the bracket; the peak grows almost linearly with the batch, so a capacity
-  usually costs two compiles (the crossing, then 8 more). Where a step did not halve the
-  bracket (a curved peak, approached from one side), the next one bisects it.
-  The figures reported are compiled peaks on both sides of the answer, none interpolated.
+  The grid is the multiples of 8 and, below 8, min_batch..7 (`min_batch=8`: multiples of 8
+  only). Uses every batch `m` has compiled so far (`m.cache`) and compiles more until the
+  two are neighbours on the grid, the smallest batch fails (fitting None), or `max_batch`
+  fits (failing None). The next batch is where the line through the bracketing compiled
+  peaks (or, outside a bracket, through the two nearest) reaches the capacity, rounded down
+  onto the grid and kept strictly inside the bracket; the peak grows almost linearly with
+  the batch, so a capacity usually costs two compiles (the crossing, then the next batch).
+  Where a step did not halve the bracket (a curved peak, approached from one side), the
+  next one bisects it. The figures reported are compiled peaks on both sides of the answer,
+  none interpolated.
   """
+  smallest = min(min_batch, 8)
   widths: list[float] = []
   for _ in range(10_000):
     known = {b: p for b, (p, _) in m.cache.items()}
@@ -249,11 +268,13 @@ def largest_fitting(m: Any, capacity: float, max_batch: int
     hi = over[0] if over else None
     fit = [b for b in fit if hi is None or b < hi]  # A larger fitting batch is noise.
     lo = fit[-1] if fit else None
-    if hi == 8 or (lo is not None and hi is not None and hi - lo <= 8):
+    if (hi is not None and hi <= smallest) or (
+        lo is not None and hi is not None and next_on_grid(lo) >= hi):
       return lo, hi
     if lo is not None and lo >= max_batch:
       return lo, None
-    floor, ceiling = (lo or 0) + 8, (hi - 8 if hi is not None else max_batch)
+    floor = next_on_grid(lo) if lo is not None else smallest
+    ceiling = previous_on_grid(hi) if hi is not None else max_batch
     widths.append(float("inf") if lo is None or hi is None else hi - lo)
     guess = None
     if len(widths) < 3 or widths[-1] <= widths[-3] / 2:
@@ -270,12 +291,12 @@ def largest_fitting(m: Any, capacity: float, max_batch: int
       slope = _slope(line) if line else None
       if slope:
         b, p = line[0]
-        guess = _floor8(b + (capacity - p) / slope)
+        guess = on_grid(b + (capacity - p) / slope, smallest)
     if guess is None:  # Bisect, or double / halve outside a bracket.
       if lo is not None and hi is not None:
-        guess = _floor8((lo + hi) / 2)
+        guess = on_grid((lo + hi) / 2, smallest)
       else:
-        guess = lo * 2 if lo is not None else _floor8(hi / 2)
+        guess = lo * 2 if lo is not None else on_grid(hi / 2, smallest)
     m.peak(min(max(guess, floor), ceiling))
   raise RuntimeError("largest_fitting did not converge")
 
@@ -299,7 +320,8 @@ def main(_):
       for b in sorted({min(int(b), FLAGS.max_batch) for b in FLAGS.probe_batches} | {8}):
         m.peak(b)
       # Smallest capacity first: every batch compiled so far narrows the next search.
-      found = {cap: largest_fitting(m, cap * GB, FLAGS.max_batch) for cap in sorted(capacities)}
+      found = {cap: largest_fitting(m, cap * GB, FLAGS.max_batch, FLAGS.min_batch)
+               for cap in sorted(capacities)}
       cells = [table_cell(m.cache, cap * GB, *found[cap], m.hbm) for cap in capacities]
       compiled.append((path, remat, sorted((b, p, ESTIMATE in note)
                                            for b, (p, note) in m.cache.items())))

@@ -208,7 +208,14 @@ def test_memory_headroom_reads_the_tpu_compilers_out_of_memory_figure_and_bisect
     assert len(m.asked) <= 2 and all(b % 8 == 0 for b in m.asked), m.asked
   m = Compiler(linear)
   assert mh.largest_fitting(m, 1e15, 4096) == (4096, None)  # Everything fits: '>= 4096'.
-  assert mh.largest_fitting(Compiler(linear), 0.5e9, 4096) == (None, 8)  # Nothing fits: '< 8'.
+  # Below 8 the search steps by 1 (BigGAN-512 ran at 4 per TPU core), with compiled brackets.
+  m = Compiler(linear)
+  assert mh.largest_fitting(m, 1.45e9, 4096) == (4, 5)
+  assert all(b < 8 for b in m.asked) and len(m.asked) <= 4, m.asked
+  assert mh.largest_fitting(Compiler(linear), 0.5e9, 4096) == (None, 1)  # Nothing fits: '< 1'.
+  assert mh.largest_fitting(Compiler(linear), 1.45e9, 4096, min_batch=8) == (None, 8)
+  assert mh.largest_fitting(Compiler(linear), 1.85e9, 4096, min_batch=2) == (8, 16)
+  assert mh.largest_fitting(Compiler(linear), 1.15e9, 4096, min_batch=2) == (None, 2)
 
   # A curved peak (the search comes at it from one side) and compiles that fail without a
   # figure (None) still end bracketed to 8, in fewer compiles than stepping by 8 would.
@@ -242,13 +249,14 @@ def test_memory_headroom_marks_answers_that_rest_on_the_out_of_hbm_estimate():
   assert mh.table_cell(cache, 16e9, 112, 120, None) == "~112"
   assert mh.table_cell(cache, 1e15, 240, None, hbm) == "~>= 240"
   assert mh.table_cell(cache, 1e9, None, 8, hbm) == "< 8"
+  assert mh.table_cell({**cache, 1: (3e9, compiled)}, 1e9, None, 1, hbm) == "< 1"
 
 
 def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
   out = run_benchmark(
       "memory_headroom.py", 2,
       f"--configs={REPO / 'configs' / 'digits32.py'}", "--remat=false", "--max_batch=8",
-      "--capacities_gb=0.000001,1000", "--set=model.ch=4", "--set=model.dim_z=16",
+      "--capacities_gb=0.000001,1000", "--min_batch=8", "--set=model.ch=4", "--set=model.dim_z=16",
       "--set=model.shared_dim=8")
   assert out.returncode == 0, out.stderr[-3000:]
   row = [l for l in out.stdout.splitlines() if l.startswith("| digits32.py")]
