@@ -12,7 +12,8 @@ device memory (arguments + outputs + temporaries - donated aliases,
 8, and below 8 in steps of 1 down to `--min_batch`, as at 512x512 where BigGAN ran at 4 per
 TPU core) for the largest per-device batch whose compiled peak fits: the next batch compiled is
 where the line through the nearest compiled peaks meets the capacity (the peak is nearly
-linear in the batch, so a capacity usually costs two compiles: the crossing and 8 more),
+linear in the batch, so a capacity usually costs two compiles: the crossing and the next
+batch),
 with bisection as the fallback. Each answer is bracketed by two compiled peaks, the batch
 that fits and the next one on the grid (8 larger; 1 larger below 8) that does not; none is
 interpolated. The script prints
@@ -223,11 +224,10 @@ class Measurer:
     return perf.peak_memory_bytes(compiled), f"{time.perf_counter() - t0:.0f} s"
 
 
-def on_grid(x: float, min_batch: int = 1) -> int:
-  """The largest searched batch <= x: a multiple of 8, or below 8 any of min_batch..7."""
-  if x >= 8:
-    return int(x // 8) * 8
-  return max(int(x), min(min_batch, 8))
+def on_grid(x: float, smallest: int = 1) -> int:
+  """The largest searched batch <= x (at least `smallest`, <= 8): a multiple of 8, or below 8
+  any of smallest..7."""
+  return int(x // 8) * 8 if x >= 8 else max(int(x), smallest)
 
 
 def next_on_grid(b: int) -> int:
