@@ -1,7 +1,7 @@
 r"""The largest per-device batch whose BigGAN training iteration fits in device memory.
 
   python benchmarks/memory_headroom.py [--configs=configs/imagenet128.py,...] \
-      [--target=local | --target=tpu:v5e:2x2] [--capacities_gb=16,32,80,141]
+      [--target=local | --target=tpu:v5e:2x2 | --target=gpu:h200] [--capacities_gb=16,32,80,141]
 
 For each config, with and without `config.model.remat` (G and D blocks rematerialised), the
 script compiles the whole training iteration (num_d_steps D steps + the G step, as in
@@ -30,7 +30,14 @@ compiled peak: it does not see rematerialisation and ran 10-12% high for BigGAN-
 target's HBM; a capacity above it is answered from the estimates, and its table cell is
 marked `~`. Compile for a target with more HBM for those (`tpu:v5p:2x2x1`: 95 GiB per chip;
 in libtpu 0.0.42.1 no TPU target has more per device, TPU7x's 192 GB chip being two devices
-of 94.75 GiB, so 141 GB needs `--target=local` on an H200). The capacities are compared with the compiled peak as is:
+of 94.75 GiB). `--target=gpu:SPEC` compiles with XLA:GPU for one host of `--gpu_devices`
+GPUs described by SPEC (`h100`, `h200`: benchmarks/gpu_specs/, or the path of a
+GpuTargetConfigProto text file), also without the hardware: it needs JAX's CUDA plugin
+(`pip install "jax[cuda12]"`, in a separate virtual environment on a CPU machine; set
+JAX_PLATFORMS=cpu there) but no GPU. XLA:GPU does not refuse a program larger than the
+device, so every capacity is answered from compiled peaks. Deviceless, it does not autotune
+convolutions and gives cuDNN no workspace; on the card, autotuning may pick algorithms that
+need some. The capacities are compared with the compiled peak as is:
 on GPUs JAX takes 75% of the memory by default (`XLA_PYTHON_CLIENT_MEM_FRACTION`), and
 runtimes keep some for themselves, so leave headroom.
 """
@@ -45,7 +52,10 @@ from absl import app, flags
 
 flags.DEFINE_list("configs", ["configs/imagenet128.py", "configs/imagenet256.py",
                               "configs/imagenet512.py"], "BigGAN config files.")
-flags.DEFINE_string("target", "local", "'local' or 'tpu:<topology>', e.g. tpu:v5e:2x2.")
+flags.DEFINE_string("target", "local", "'local', 'tpu:<topology>' (e.g. tpu:v5e:2x2) or "
+                    "'gpu:<spec>' (e.g. gpu:h200; a name under benchmarks/gpu_specs/ or a path).")
+flags.DEFINE_integer("gpu_devices", 8, "Devices of the one host that --target=gpu:SPEC "
+                     "compiles for (data parallel over them, as on an 8-GPU node).")
 flags.DEFINE_list("capacities_gb", ["16", "32", "80", "141"], "Device memory sizes (GB, 1e9).")
 flags.DEFINE_integer("max_batch", 4096, "Largest per-device batch tried.")
 flags.DEFINE_integer("min_batch", 1, "Smallest per-device batch tried where 8 does not fit "
@@ -137,7 +147,43 @@ def devices_for(target: str) -> list[Any]:
     from jax.experimental import topologies
     return list(topologies.get_topology_desc(platform="tpu",
                                              topology_name=target[4:]).devices)
-  raise ValueError(f"--target={target!r}: use 'local' or 'tpu:<topology>' (e.g. tpu:v5e:2x2)")
+  if target.startswith("gpu:"):
+    return gpu_compile_only_devices(target[4:], FLAGS.gpu_devices)
+  raise ValueError(f"--target={target!r}: use 'local', 'tpu:<topology>' (e.g. tpu:v5e:2x2) "
+                   "or 'gpu:<spec>' (e.g. gpu:h200)")
+
+
+GPU_SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_specs")
+
+
+def gpu_spec_path(spec: str) -> str:
+  """The GpuTargetConfigProto text file for `spec`: a name under benchmarks/gpu_specs/ (h100,
+  h200) or a path."""
+  if os.path.isfile(spec):
+    return spec
+  path = os.path.join(GPU_SPECS, f"{spec}.txtpb")
+  if not os.path.isfile(path):
+    names = sorted(f[:-6] for f in os.listdir(GPU_SPECS) if f.endswith(".txtpb"))
+    raise ValueError(f"--target=gpu:{spec}: no such spec; use one of {names} or the path of a "
+                     "GpuTargetConfigProto text file")
+  return path
+
+
+def gpu_compile_only_devices(spec: str, count: int) -> list[Any]:
+  """`count` compile-only devices of one host of the GPU that `spec` describes (deviceless
+  ahead-of-time compilation: needs JAX's CUDA plugin, `pip install "jax[cuda12]"`, but no GPU)."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # No local GPU is needed or used.
+  from jax.experimental import topologies
+  with open(gpu_spec_path(spec)) as f:
+    target_config = f.read()
+  try:
+    topology = topologies.get_topology_desc(platform="cuda", target_config=target_config,
+                                            topology=f"1x1x{count}")
+  except (NotImplementedError, RuntimeError) as e:
+    raise RuntimeError(f"--target=gpu:{spec} needs JAX's CUDA plugin (no GPU needed): "
+                       f'pip install "jax[cuda12]=={__import__("jax").__version__}" '
+                       f"({e})") from e
+  return list(topology.devices)
 
 
 def load_config(path: str) -> Any:

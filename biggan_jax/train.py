@@ -88,14 +88,25 @@ def ortho_reg_grads(params: Any, strength: float) -> Any:
   For every weight of G with ndim >= 2 except the shared embedding, viewed as
   W (outputs x rest) like BigGAN-PyTorch, the gradient of
   (strength / 2) * ||W W^T * (1 - I)||_F^2, i.e. 2 * strength * (W W^T * (1 - I)) W.
+
+  Where W has more rows than columns (G's first linear layer: 24,576 outputs from a 20-value
+  slice of z at 128x128, ch 96), W W^T would be a 24,576^2 matrix (2.4 GB in float32, which
+  XLA:GPU materialises). There the same product is formed as W (W^T W) - diag(W W^T) W:
+  (W W^T * (1 - I)) W = W W^T W - diag(W W^T) W, with W^T W columns x columns (20 x 20).
   """
   def leaf(path, w):
     if w.ndim < 2 or any(getattr(k, "key", None) == "shared" for k in path):
       return jnp.zeros_like(w)
     mat = w.reshape(-1, w.shape[-1]).T
-    gram = mat @ mat.T
-    gram = gram * (1.0 - jnp.eye(gram.shape[0], dtype=gram.dtype))
-    return (2.0 * strength * (gram @ mat)).T.reshape(w.shape)
+    rows, cols = mat.shape
+    if rows > cols:
+      row_norms = jnp.sum(mat * mat, axis=1, keepdims=True)  # diag(W W^T)
+      product = mat @ (mat.T @ mat) - row_norms * mat
+    else:
+      gram = mat @ mat.T
+      gram = gram * (1.0 - jnp.eye(rows, dtype=gram.dtype))
+      product = gram @ mat
+    return (2.0 * strength * product).T.reshape(w.shape)
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 

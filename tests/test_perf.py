@@ -1,6 +1,8 @@
 """Benchmark utilisation figures: XLA's FLOP count against an analytic one, MFU and memory plumbing."""
 import functools
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -250,6 +252,25 @@ def test_memory_headroom_marks_answers_that_rest_on_the_out_of_hbm_estimate():
   assert mh.table_cell(cache, 1e15, 240, None, hbm) == "~>= 240"
   assert mh.table_cell(cache, 1e9, None, 8, hbm) == "< 8"
   assert mh.table_cell({**cache, 1: (3e9, compiled)}, 1e9, None, 1, hbm) == "< 1"
+
+
+def test_memory_headroom_gpu_specs_resolve_and_name_their_memory(monkeypatch):
+  mh = _memory_headroom_module()
+  monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))  # Restored after.
+  sizes = {}
+  for name in ("h100", "h200"):
+    path = mh.gpu_spec_path(name)
+    text = open(path).read()
+    assert 'platform_name: "CUDA"' in text and "major: 9" in text, path
+    sizes[name] = int(re.search(r"device_memory_size: (\d+)", text).group(1))
+    assert mh.gpu_spec_path(path) == path  # A path is taken as is.
+  # The totals CUDA reports for the two cards: 79.1 GiB and 141 GiB.
+  assert 79 < sizes["h100"] / 2**30 < 80 and sizes["h200"] == 141 * 2**30, sizes
+  with pytest.raises(ValueError, match=r"no such spec; use one of \['h100', 'h200'\]"):
+    mh.gpu_spec_path("h300")
+  if importlib.util.find_spec("jax_cuda12_plugin") is None:  # As in CI: say what to install.
+    with pytest.raises(RuntimeError, match=r"pip install \"jax\[cuda12\]"):
+      mh.gpu_compile_only_devices("h200", 2)
 
 
 def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():

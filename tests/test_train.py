@@ -146,7 +146,9 @@ def test_ortho_reg_gradient_matches_autodiff_of_the_penalty():
   params = {"shared": {"embedding": jnp.ones((5, 4))},
             "conv": {"kernel": jax.random.normal(jax.random.PRNGKey(0), (3, 3, 2, 4)),
                      "bias": jnp.ones(4)},
-            "dense": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (6, 3))}}
+            "dense": {"kernel": jax.random.normal(jax.random.PRNGKey(1), (6, 3))},
+            # More outputs than inputs, as G's first linear layer: the W (W^T W) form.
+            "tall": {"kernel": jax.random.normal(jax.random.PRNGKey(2), (5, 48))}}
 
   def penalty(w):  # BigGAN: ||W W^T (1 - I)||_F^2 with W (outputs x rest), times beta/2.
     mat = w.reshape(-1, w.shape[-1]).T
@@ -154,9 +156,13 @@ def test_ortho_reg_gradient_matches_autodiff_of_the_penalty():
     return 0.5 * 1e-4 * jnp.sum(gram ** 2)
 
   grads = ortho_reg_grads(params, 1e-4)
-  for name in ("conv", "dense"):
-    np.testing.assert_allclose(grads[name]["kernel"],
-                               jax.grad(penalty)(params[name]["kernel"]), rtol=1e-5)
+  for name in ("conv", "dense", "tall"):
+    w = np.asarray(params[name]["kernel"], np.float64)
+    mat = w.reshape(-1, w.shape[-1]).T  # The same product in float64, formed directly.
+    exact = (2e-4 * (mat @ mat.T * (1 - np.eye(mat.shape[0]))) @ mat).T.reshape(w.shape)
+    scale = np.abs(exact).max()
+    for got in (grads[name]["kernel"], jax.grad(penalty)(params[name]["kernel"])):
+      np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6 * scale)
   assert not np.any(grads["shared"]["embedding"])  # the shared embedding is exempt
   assert not np.any(grads["conv"]["bias"])  # 1-D weights are exempt
 
