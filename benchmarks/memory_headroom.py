@@ -33,8 +33,8 @@ in libtpu 0.0.42.1 no TPU target has more per device, TPU7x's 192 GB chip being 
 of 94.75 GiB). `--target=gpu:SPEC` compiles with XLA:GPU for one host of `--gpu_devices`
 GPUs described by SPEC (`h100`, `h200`: benchmarks/gpu_specs/, or the path of a
 GpuTargetConfigProto text file), also without the hardware: it needs JAX's CUDA plugin
-(`pip install "jax[cuda12]"`, in a separate virtual environment on a CPU machine; set
-JAX_PLATFORMS=cpu there) but no GPU. XLA:GPU does not refuse a program larger than the
+(`pip install "jax[cuda12]"`, in a separate virtual environment on a CPU machine; the
+script sets JAX_PLATFORMS=cpu unless it is set) but no GPU. XLA:GPU does not refuse a program larger than the
 device, so every capacity is answered from compiled peaks. Deviceless, it does not autotune
 convolutions and gives cuDNN no workspace; on the card, autotuning may pick algorithms that
 need some. The capacities are compared with the compiled peak as is:
@@ -172,7 +172,6 @@ def gpu_spec_path(spec: str) -> str:
 def gpu_compile_only_devices(spec: str, count: int) -> list[Any]:
   """`count` compile-only devices of one host of the GPU that `spec` describes (deviceless
   ahead-of-time compilation: needs JAX's CUDA plugin, `pip install "jax[cuda12]"`, but no GPU)."""
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # No local GPU is needed or used.
   from jax.experimental import topologies
   with open(gpu_spec_path(spec)) as f:
     target_config = f.read()
@@ -181,8 +180,8 @@ def gpu_compile_only_devices(spec: str, count: int) -> list[Any]:
                                             topology=f"1x1x{count}")
   except (NotImplementedError, RuntimeError) as e:
     raise RuntimeError(f"--target=gpu:{spec} needs JAX's CUDA plugin (no GPU needed): "
-                       f'pip install "jax[cuda12]=={__import__("jax").__version__}" '
-                       f"({e})") from e
+                       f'pip install "jax[cuda12]=={__import__("jax").__version__}", and '
+                       f"JAX_PLATFORMS=cpu where no GPU is present ({e})") from e
   return list(topology.devices)
 
 
@@ -348,6 +347,10 @@ def largest_fitting(m: Any, capacity: float, max_batch: int, min_batch: int = 1
 
 
 def main(_):
+  if FLAGS.target.startswith("gpu:"):
+    # Compile-only GPU devices need the CUDA plugin registered but no GPU backend started
+    # (JAX reads this when it is imported).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
   devices = devices_for(FLAGS.target)
   kind = getattr(devices[0], "device_kind", str(devices[0]))

@@ -254,9 +254,8 @@ def test_memory_headroom_marks_answers_that_rest_on_the_out_of_hbm_estimate():
   assert mh.table_cell({**cache, 1: (3e9, compiled)}, 1e9, None, 1, hbm) == "< 1"
 
 
-def test_memory_headroom_gpu_specs_resolve_and_name_their_memory(monkeypatch):
+def test_memory_headroom_gpu_specs_resolve_and_name_their_memory():
   mh = _memory_headroom_module()
-  monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))  # Restored after.
   sizes = {}
   for name in ("h100", "h200"):
     path = mh.gpu_spec_path(name)
