@@ -34,10 +34,10 @@ of 94.75 GiB). `--target=gpu:SPEC` compiles with XLA:GPU for one host of `--gpu_
 GPUs described by SPEC (`h100`, `h200`: benchmarks/gpu_specs/, or the path of a
 GpuTargetConfigProto text file), also without the hardware: it needs JAX's CUDA plugin
 (`pip install "jax[cuda12]"`, in a separate virtual environment on a CPU machine; the
-script sets JAX_PLATFORMS=cpu unless it is set) but no GPU. XLA:GPU does not refuse a program larger than the
-device, so every capacity is answered from compiled peaks. Deviceless, it does not autotune
-convolutions and gives cuDNN no workspace; on the card, autotuning may pick algorithms that
-need some. The capacities are compared with the compiled peak as is:
+script sets JAX_PLATFORMS=cpu unless it is set) but no GPU. XLA:GPU does not refuse a
+program larger than the device, so every capacity is answered from compiled peaks.
+Deviceless, it does not autotune convolutions and gives cuDNN no workspace; on the card,
+autotuning may pick algorithms that need some. The capacities are compared with the compiled peak as is:
 on GPUs JAX takes 75% of the memory by default (`XLA_PYTHON_CLIENT_MEM_FRACTION`), and
 runtimes keep some for themselves, so leave headroom.
 """
@@ -172,6 +172,7 @@ def gpu_spec_path(spec: str) -> str:
 def gpu_compile_only_devices(spec: str, count: int) -> list[Any]:
   """`count` compile-only devices of one host of the GPU that `spec` describes (deviceless
   ahead-of-time compilation: needs JAX's CUDA plugin, `pip install "jax[cuda12]"`, but no GPU)."""
+  import jax
   from jax.experimental import topologies
   with open(gpu_spec_path(spec)) as f:
     target_config = f.read()
@@ -180,7 +181,7 @@ def gpu_compile_only_devices(spec: str, count: int) -> list[Any]:
                                             topology=f"1x1x{count}")
   except (NotImplementedError, RuntimeError) as e:
     raise RuntimeError(f"--target=gpu:{spec} needs JAX's CUDA plugin (no GPU needed): "
-                       f'pip install "jax[cuda12]=={__import__("jax").__version__}", and '
+                       f'pip install "jax[cuda12]=={jax.__version__}", and '
                        f"JAX_PLATFORMS=cpu where no GPU is present ({e})") from e
   return list(topology.devices)
 
