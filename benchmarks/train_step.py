@@ -103,12 +103,16 @@ def main(_):
 
 
 def model_flops(config, num_classes, mesh, state, batch) -> float:
-  """FLOPs of one iteration: the iteration traced without loops (XLA's cost analysis
-  does not multiply loop bodies by their trip counts), lowered, not compiled."""
+  """Model FLOPs of one iteration: the iteration traced without loops (XLA's cost analysis
+  does not multiply loop bodies by their trip counts), lowered, not compiled. The memory
+  knobs are switched off for the count: they compute the same function (same parameters),
+  and what they recompute is not model arithmetic (MFU, not hardware utilisation)."""
   from biggan_jax.train import BigGANTrainer
   from gan_core import perf
   unrolled = config.copy_and_resolve_references()
   unrolled.scan_unroll = "always"
+  unrolled.model.remat = False
+  unrolled.model.attention_query_chunk = 0
   trainer = BigGANTrainer(unrolled, num_classes, mesh)
   return perf.flops_of(trainer.train_iteration.lower(state, batch))
 

@@ -94,6 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Rematerialise every G and D residual block: their activations are recomputed in the
   # backward pass instead of kept, for larger per-device batches (README, "Memory").
   m.remat = False
+  # > 0: self-attention computed this many query positions at a time, each chunk
+  # rematerialised, so one [batch, chunk, keys] attention map is live instead of the whole
+  # one (the same function; for large per-device batches at 256/512, README "Memory").
+  # Must divide the attention's positions (128x128 = 16384 for G's attention at 256).
+  m.attention_query_chunk = 0
   return c
 
 

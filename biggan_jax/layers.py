@@ -38,6 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gan_core.errors import ConfigError
+
 Dtype = Any
 SPECTRAL = "spectral"
 BATCH_STATS = "batch_stats"
@@ -277,15 +279,48 @@ def max_pool(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (2, 2), (2, 2))
 
 
+def attend(theta: jax.Array, phi: jax.Array, g: jax.Array, dtype: Dtype = jnp.float32,
+           query_chunk: int = 0) -> jax.Array:
+  """softmax(theta phi^T) g for theta [n, q, c], phi [n, k, c], g [n, k, c']: [n, q, c'].
+
+  The logits and softmax are float32, the attention map is cast to `dtype` for the second
+  product. The map is [n, q, k]: at 256x256, G's attention at 128x128 has q = 16384 and
+  k = 4096, 256 MiB per image in float32, and the backward pass keeps it. With
+  `query_chunk` > 0 (a divisor of q) the rows are computed `query_chunk` at a time in a loop,
+  each chunk rematerialised in the backward pass, so one [n, query_chunk, k] map is live
+  instead of the whole map and its softmax. Every row's softmax depends only on its own
+  logits, so this is the same function, at the price of computing the forward attention
+  twice.
+  """
+  def rows(theta_rows: jax.Array) -> jax.Array:
+    logits = jnp.einsum("nqc,nkc->nqk", theta_rows, phi, preferred_element_type=jnp.float32)
+    beta = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    return jnp.einsum("nqk,nkc->nqc", beta, g)
+
+  n, q, c = theta.shape
+  if query_chunk <= 0 or query_chunk >= q:
+    return rows(theta)
+  if q % query_chunk:
+    raise ConfigError(f"model.attention_query_chunk={query_chunk} must divide the "
+                      f"{q} query positions of the attention it applies to (use a power of 2)")
+  chunks = theta.reshape(n, q // query_chunk, query_chunk, c).swapaxes(0, 1)
+  out = jax.lax.map(jax.checkpoint(rows), chunks)
+  return out.swapaxes(0, 1).reshape(n, q, g.shape[-1])
+
+
 class SelfAttention(nn.Module):
   """SAGAN non-local block: x + gamma * o(softmax(theta^T phi) g), phi and g 2x2 max-pooled.
 
   theta/phi have C/8 channels, g has C/2; all projections are bias-free SN 1x1
   convolutions; gamma is a learnable scalar initialised to 0.
+
+  `query_chunk` > 0 computes the attention `query_chunk` query positions at a time (see
+  `attend`): the same function and parameters, with at most one chunk's attention map live.
   """
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   sn_eval: str = "power_iteration"
+  query_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -295,9 +330,7 @@ class SelfAttention(nn.Module):
     theta = conv(c // 8, "theta")(x).reshape(n, h * w, c // 8)
     phi = max_pool(conv(c // 8, "phi")(x)).reshape(n, h * w // 4, c // 8)
     g = max_pool(conv(c // 2, "g")(x)).reshape(n, h * w // 4, c // 2)
-    logits = jnp.einsum("nqc,nkc->nqk", theta, phi, preferred_element_type=jnp.float32)
-    beta = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    attended = jnp.einsum("nqk,nkc->nqc", beta, g).reshape(n, h, w, c // 2)
+    attended = attend(theta, phi, g, self.dtype, self.query_chunk).reshape(n, h, w, c // 2)
     o = conv(c, "o")(attended)
     gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
     return x + (gamma * o).astype(x.dtype)

@@ -84,6 +84,7 @@ class Generator(nn.Module):
   dtype: Dtype = jnp.float32
   output_bn_eps: float = OUTPUT_BN_EPS
   remat: bool = False
+  attention_query_chunk: int = 0
 
   @property
   def num_blocks(self) -> int:
@@ -118,7 +119,8 @@ class Generator(nn.Module):
           name=f"block{index}")(h, conds[index], train)
       resolution *= 2
       if resolution in self.attention_resolutions:
-        h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
+        h = SelfAttention(self.sn_eps, self.dtype, query_chunk=self.attention_query_chunk,
+                          name=f"attention{index}")(h)
     return _generator_output(self, h, train)
 
 
@@ -132,6 +134,7 @@ class Discriminator(nn.Module):
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   remat: bool = False
+  attention_query_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -144,7 +147,8 @@ class Discriminator(nn.Module):
                                      self.dtype, name=f"block{index}")(h)
       resolution //= 2 if down else 1
       if resolution in self.attention_resolutions:
-        h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
+        h = SelfAttention(self.sn_eps, self.dtype, query_chunk=self.attention_query_chunk,
+                          name=f"attention{index}")(h)
     return _projection_head(h, y, self.num_classes, self.sn_eps)
 
 
@@ -196,6 +200,7 @@ class GeneratorDeep(nn.Module):
   truncation_stats: int = 0
   sn_eval: str = "power_iteration"
   remat: bool = False
+  attention_query_chunk: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array, y: jax.Array, train: bool = True,
@@ -219,7 +224,8 @@ class GeneratorDeep(nn.Module):
             self.sn_eval, name=f"block{index}_{sub}")(h, cond, train, truncation)
       resolution *= 2
       if resolution in self.attention_resolutions:
-        h = SelfAttention(self.sn_eps, self.dtype, self.sn_eval, name=f"attention{index}")(h)
+        h = SelfAttention(self.sn_eps, self.dtype, self.sn_eval, self.attention_query_chunk,
+                          name=f"attention{index}")(h)
     return _generator_output(self, h, train, truncation)
 
 
@@ -234,6 +240,7 @@ class DiscriminatorDeep(nn.Module):
   sn_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   remat: bool = False
+  attention_query_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -249,7 +256,8 @@ class DiscriminatorDeep(nn.Module):
                                            name=f"block{index}_{sub}")(h)
       resolution //= 2 if down else 1
       if resolution in self.attention_resolutions:
-        h = SelfAttention(self.sn_eps, self.dtype, name=f"attention{index}")(h)
+        h = SelfAttention(self.sn_eps, self.dtype, query_chunk=self.attention_query_chunk,
+                          name=f"attention{index}")(h)
     return _projection_head(h, y, self.num_classes, self.sn_eps)
 
 
@@ -268,7 +276,8 @@ def build_models(model_config: Any, num_classes: int) -> ModelPair:
   dtype = jnp.dtype(m.compute_dtype)
   num_classes = max(num_classes, 1)  # Unconditional data: one class everybody shares.
   common = dict(resolution=m.resolution, num_classes=num_classes, sn_eps=m.sn_eps, dtype=dtype,
-                remat=bool(m.get("remat", False)))
+                remat=bool(m.get("remat", False)),
+                attention_query_chunk=int(m.get("attention_query_chunk", 0)))
   # Fields added after the first checkpoints were written: absent means the old behaviour.
   output_bn_eps = m.get("output_bn_eps", OUTPUT_BN_EPS)
   truncation_stats = m.get("truncation_bn_stats", 0)
@@ -278,6 +287,9 @@ def build_models(model_config: Any, num_classes: int) -> ModelPair:
   if truncation_stats < 0 or truncation_stats == 1:
     raise ConfigError(f"model.truncation_bn_stats={truncation_stats}: 0 (ordinary running "
                       "statistics) or the number of stored truncation values (51 for TF-Hub)")
+  if m.get("attention_query_chunk", 0) < 0:
+    raise ConfigError(f"model.attention_query_chunk={m.attention_query_chunk}: 0 (the whole "
+                      "attention map at once) or a positive divisor of the attention's positions")
   if m.architecture == "biggan" and (truncation_stats or sn_eval != "power_iteration"):
     raise ConfigError("model.truncation_bn_stats and model.sn_eval='stored' describe the "
                       "TF-Hub BigGAN-deep generators; they need model.architecture="

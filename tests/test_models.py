@@ -7,6 +7,7 @@ import pytest
 from biggan_jax import layers
 from biggan_jax.models import build_models
 from conftest import load_config
+from gan_core.errors import ConfigError
 
 
 def count(tree):
@@ -159,19 +160,23 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny):
   assert {x.dtype for x in jax.tree.leaves(new)} == {jnp.dtype("float32")}
 
 
-@pytest.mark.parametrize("architecture", [
-    pytest.param("biggan", marks=pytest.mark.slow),  # The same helper as the deep blocks'.
-    "biggan_deep"])
-def test_remat_computes_the_same_function_and_gradients(tiny, architecture):
-  """model.remat: same parameter tree, same outputs, state updates and gradients.
-  (What it saves is an accelerator figure: XLA:CPU's memory analysis of this program comes
-  out the same with and without it, so no memory claim is tested here.)"""
+@pytest.mark.parametrize("architecture,knob,value", [
+    # The same remat helper as the deep blocks'.
+    pytest.param("biggan", "remat", True, marks=pytest.mark.slow),
+    ("biggan_deep", "remat", True),
+    ("biggan", "attention_query_chunk", 64),  # G's and D's attention at 16x16: 4 chunks.
+    pytest.param("biggan_deep", "attention_query_chunk", 128, marks=pytest.mark.slow)])
+def test_memory_knobs_compute_the_same_function_and_gradients(tiny, architecture, knob, value):
+  """model.remat and model.attention_query_chunk: same parameter tree, same outputs, state
+  updates and gradients. (What they save is an accelerator figure: XLA:CPU's memory analysis
+  of this program comes out the same with and without remat, so no memory claim is tested
+  here; test_attention_in_query_chunks_never_forms_the_whole_map checks the chunks' shapes.)"""
   tiny.model.architecture = architecture
   if architecture == "biggan_deep":
     tiny.model.depth = 1
   pairs = {}
-  for remat in (False, True):
-    tiny.model.remat = remat
+  for remat in (False, True):  # `remat` here: the knob is on.
+    tiny.model[knob] = value if remat else type(value)(0)
     pairs[remat] = build_models(tiny.model, 10)
   batch = 4
   z = jax.random.normal(jax.random.PRNGKey(0), (batch, 16))
@@ -201,3 +206,46 @@ def test_remat_computes_the_same_function_and_gradients(tiny, architecture):
   text = jax.jit(lambda p: loss(pairs[True])(p, d_vars["params"])).lower(
       g_vars["params"]).as_text()
   assert "optimization_barrier" in text  # The recomputation is really there.
+  if knob == "attention_query_chunk":
+    assert "stablehlo.while" in text and "stablehlo.while" not in jax.jit(
+        lambda p: loss(pairs[False])(p, d_vars["params"])).lower(g_vars["params"]).as_text()
+
+
+def test_attention_in_query_chunks_never_forms_the_whole_map():
+  """layers.attend with query_chunk: equal to the whole-map attention (forward and the
+  gradients of theta, phi and g, float32 and bfloat16), and neither its forward nor its
+  backward program holds an array of the whole map's shape."""
+  n, q, k, c, cv, chunk = 2, 64, 16, 4, 8, 8
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  theta, phi = (jax.random.normal(key, (n, size, c)) for key, size in zip(keys, (q, k)))
+  g = jax.random.normal(keys[2], (n, k, cv))
+  cotangent = jax.random.normal(keys[3], (n, q, cv))
+
+  def run(query_chunk, dtype):
+    def f(theta, phi, g):
+      out = layers.attend(theta.astype(dtype), phi.astype(dtype), g.astype(dtype), dtype,
+                          query_chunk)
+      return jnp.sum(out.astype(jnp.float32) * cotangent)
+    fn = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+    return fn(theta, phi, g), fn.lower(theta, phi, g).as_text()
+
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+    (whole, whole_text), (chunked, chunked_text) = run(0, dtype), run(chunk, dtype)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
+      np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32),
+                                 rtol=tol, atol=tol)
+    assert f"tensor<{n}x{q}x{k}xf32>" in whole_text
+    assert f"tensor<{n}x{q}x{k}xf32>" not in chunked_text
+    assert f"tensor<{n}x{chunk}x{k}xf32>" in chunked_text
+  np.testing.assert_allclose(jax.jit(lambda t: layers.attend(t, phi, g))(theta),
+                             jnp.einsum("nqk,nkc->nqc",
+                                        jax.nn.softmax(theta @ phi.swapaxes(1, 2)), g),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="must divide the 64 query positions"):
+    layers.attend(theta, phi, g, query_chunk=24)
+
+
+def test_attention_query_chunk_must_not_be_negative(tiny):
+  tiny.model.attention_query_chunk = -1
+  with pytest.raises(ConfigError, match="attention_query_chunk=-1"):
+    build_models(tiny.model, 10)

@@ -149,6 +149,36 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   assert float(fields["traced op time"].split(" ms")[0]) > 0
 
 
+def test_model_flops_leave_out_what_the_memory_knobs_recompute(tiny):
+  """MFU counts the model's arithmetic: with model.remat and model.attention_query_chunk on
+  (the same function), train_step.py's model FLOPs are the plain iteration's, although the
+  lowered program with the knobs on holds the recomputation (and a loop) and counts
+  differently."""
+  import numpy as np
+  from biggan_jax.train import BigGANTrainer
+  from gan_core import parallel
+  spec = importlib.util.spec_from_file_location("train_step_bench",
+                                                REPO / "benchmarks" / "train_step.py")
+  train_step = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(train_step)  # Defines its absl flags: once per process.
+  tiny.num_d_steps = 1
+  mesh = parallel.make_mesh()
+  trainer = BigGANTrainer(tiny, 10, mesh)
+  state = trainer.init_state(0)  # The knobs keep the parameter tree: one state serves all.
+  shape = trainer.batch_leading_shape
+  batch = {"images": parallel.global_array_from_local(
+               np.zeros(shape + (32, 32, 3), np.uint8), mesh, 2),
+           "labels": parallel.global_array_from_local(np.zeros(shape, np.int32), mesh, 2)}
+  plain = train_step.model_flops(tiny, 10, mesh, state, batch)
+  knobs = tiny.copy_and_resolve_references()
+  knobs.model.remat = True
+  knobs.model.attention_query_chunk = 64  # Attention at 16x16: 4 chunks.
+  assert train_step.model_flops(knobs, 10, mesh, state, batch) == plain > 0
+  knobs.scan_unroll = "always"
+  assert perf.flops_of(BigGANTrainer(knobs, 10, mesh).train_iteration.lower(
+      state, batch)) != plain
+
+
 def test_training_turns_ynnpack_fusions_off_unless_the_user_chose():
   """XLA:CPU's YNNPACK kernel gradients are slow (RESULTS.md): training asks for the Eigen
   path before JAX starts, and keeps a user's own setting of the flag."""
