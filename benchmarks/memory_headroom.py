@@ -357,6 +357,9 @@ def main(_):
   kind = getattr(devices[0], "device_kind", str(devices[0]))
   capacities = [float(c) for c in FLAGS.capacities_gb]
   print(f"target: {FLAGS.target} ({len(devices)} x {kind}); jax {jax.__version__}")
+  overrides = "".join(f" --set={o}" for o in FLAGS.set)
+  if overrides:
+    print(f"config overrides:{overrides}")
   if FLAGS.known_peaks and len(FLAGS.configs) * len(FLAGS.remat) != 1:
     raise app.UsageError("--known_peaks needs one config and one --remat setting")
   rows, compiled = [], []
@@ -382,7 +385,8 @@ def main(_):
   header = ("| config | res | remat | dtype | peak at 8/device | "
             + " | ".join(f"{c:g} GB" for c in capacities) + " |")
   print()
-  print(f"Largest per-device batch whose compiled iteration fits ({FLAGS.target}, {kind}):")
+  print(f"Largest per-device batch whose compiled iteration fits ({FLAGS.target}, {kind}"
+        f"{overrides}):")
   print(header)
   print("|" + "---|" * (5 + len(capacities)))
   for path, res, remat, dtype, peak8, cells in rows:

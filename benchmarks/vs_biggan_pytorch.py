@@ -1,6 +1,7 @@
 r"""Our BigGAN iteration side by side with BigGAN-PyTorch's own, on this machine's CPU.
 
   python benchmarks/vs_biggan_pytorch.py [--ch=64] [--batch_size=8] [--rounds=3] [--bf16]
+      [--attention_query_chunk=0]
 
 The same model (128x128, hierarchical z 120, shared embedding 128, attention at 64, 1000
 classes, channel width --ch), the same work per iteration (1 D step on batch reals +
@@ -12,7 +13,9 @@ runs unmodified: its `BigGAN.Generator/Discriminator/G_D`, `utils.ema` and
 
 The two alternate, `--rounds` times, each timing `--steps` iterations after one
 untimed warm-up iteration, and the script prints every round and the ratio of the
-medians (ours / theirs: below 1 means ours is faster). `--bf16`: ours with
+medians (ours / theirs: below 1 means ours is faster; with `--attention_query_chunk=N`, ours
+is also timed with `model.attention_query_chunk=N`, in the same alternation: 0 is the whole
+attention map, against the default's chunks of 1024 on CPU). `--bf16`: ours with
 `compute_dtype=bfloat16`, theirs under `torch.autocast('cpu', torch.bfloat16)`.
 Exits 0 with a message, not an error, where torch or the reference code is absent.
 """
@@ -37,6 +40,9 @@ flags.DEFINE_integer("steps", 2, "Timed iterations per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds (ours, theirs).")
 flags.DEFINE_integer("threads", 0, "Threads for both (0: os.cpu_count()).")
 flags.DEFINE_bool("bf16", False, "bfloat16 compute for both.")
+flags.DEFINE_integer("attention_query_chunk", None, "Also time ours with this "
+                     "model.attention_query_chunk, in the same alternation (ours uses the "
+                     "default, -1: auto, chunks of 1024 on CPU; 0 is the whole map).")
 FLAGS = flags.FLAGS
 
 
@@ -100,7 +106,7 @@ def theirs(modules):
   return step
 
 
-def ours():
+def ours(attention_query_chunk: int | None = None):
   """A closure running one of our compiled iterations (and blocking on its result)."""
   import jax
   import numpy as np
@@ -114,6 +120,8 @@ def ours():
   m.resolution, m.ch, m.dim_z, m.shared_dim, m.num_classes = 128, FLAGS.ch, 120, 128, 1000
   m.g_attention = m.d_attention = (64,)
   m.compute_dtype = "bfloat16" if FLAGS.bf16 else "float32"
+  if attention_query_chunk is not None:
+    m.attention_query_chunk = attention_query_chunk
   mesh = parallel.make_mesh(jax.devices()[:1])
   trainer = BigGANTrainer(c, 1000, mesh)
   holder = {"state": trainer.init_state(0)}
@@ -154,7 +162,11 @@ def main(_):
         f"threads {threads}; jax {jax.__version__}, torch {torch.__version__}")
   print(f"config: 128x128, ch {FLAGS.ch}, batch {FLAGS.batch_size}, 1 D step + 1 G step, "
         f"EMA, no ortho reg, {'bfloat16' if FLAGS.bf16 else 'float32'}")
-  runs = {"ours": ours(), "BigGAN-PyTorch": theirs(modules)}
+  runs = {"ours": ours()}
+  if FLAGS.attention_query_chunk is not None:
+    chunk = FLAGS.attention_query_chunk
+    runs[f"ours, attention_query_chunk={chunk}"] = ours(chunk)
+  runs["BigGAN-PyTorch"] = theirs(modules)
   times = {name: [] for name in runs}
   for r in range(FLAGS.rounds):
     for name, step in runs.items():
@@ -163,7 +175,10 @@ def main(_):
   med = {name: statistics.median(t) for name, t in times.items()}
   for name, t in med.items():
     print(f"{name} median: {t:.2f} s/iteration")
-  print(f"ratio ours/theirs: {med['ours'] / med['BigGAN-PyTorch']:.2f}")
+  for name in runs:
+    if name.startswith("ours"):
+      label = "ours" if name == "ours" else name.replace("ours, ", "ours (") + ")"
+      print(f"ratio {label}/theirs: {med[name] / med['BigGAN-PyTorch']:.2f}")
 
 
 if __name__ == "__main__":

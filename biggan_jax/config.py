@@ -92,13 +92,16 @@ def base_config() -> ml_collections.ConfigDict:
   m.truncation_bn_stats = 0
   m.compute_dtype = "float32"  # 'bfloat16' for bf16 activations (params, stats, losses stay f32).
   # Rematerialise every G and D residual block: their activations are recomputed in the
-  # backward pass instead of kept, for larger per-device batches (README, "Memory").
+  # backward pass instead of kept, for larger per-device batches (README, "Benchmarks and
+  # performance").
   m.remat = False
-  # > 0: self-attention computed this many query positions at a time, each chunk
-  # rematerialised, so one [batch, chunk, keys] attention map is live instead of the whole
-  # one (the same function; for large per-device batches at 256/512, README "Memory").
-  # Must divide the attention's positions (128x128 = 16384 for G's attention at 256).
-  m.attention_query_chunk = 0
+  # N > 0: self-attention computed N query positions at a time, each chunk rematerialised,
+  # so one [batch, N, keys] attention map is live instead of the whole one (the same
+  # function; for large per-device batches at 256, README "Benchmarks and performance").
+  # N must divide the attention's positions (128x128 = 16384 for G's attention at 256).
+  # 0: the whole map. -1 (auto): chunks of 1024 on CPU where they divide the positions
+  # (faster and smaller there, measured), the whole map on GPU/TPU (not yet timed there).
+  m.attention_query_chunk = -1
   return c
 
 

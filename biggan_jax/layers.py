@@ -290,7 +290,8 @@ def attend(theta: jax.Array, phi: jax.Array, g: jax.Array, dtype: Dtype = jnp.fl
   each chunk rematerialised in the backward pass, so one [n, query_chunk, k] map is live
   instead of the whole map and its softmax. Every row's softmax depends only on its own
   logits, so this is the same function, at the price of computing the forward attention
-  twice.
+  twice. `query_chunk` = -N (what `model.attention_query_chunk=-1` builds on CPU) asks for
+  chunks of N where N divides q and q > N, and the whole map otherwise.
   """
   def rows(theta_rows: jax.Array) -> jax.Array:
     logits = jnp.einsum("nqc,nkc->nqk", theta_rows, phi, preferred_element_type=jnp.float32)
@@ -298,7 +299,9 @@ def attend(theta: jax.Array, phi: jax.Array, g: jax.Array, dtype: Dtype = jnp.fl
     return jnp.einsum("nqk,nkc->nqc", beta, g)
 
   n, q, c = theta.shape
-  if query_chunk <= 0 or query_chunk >= q:
+  if query_chunk < 0:  # Where it fits: chunks of -query_chunk, else the whole map.
+    query_chunk = -query_chunk if q % -query_chunk == 0 else 0
+  if query_chunk == 0 or query_chunk >= q:
     return rows(theta)
   if q % query_chunk:
     raise ConfigError(f"model.attention_query_chunk={query_chunk} must divide the "

@@ -270,14 +270,38 @@ class ModelPair:
   resolution: int
 
 
-def build_models(model_config: Any, num_classes: int) -> ModelPair:
-  """Builds G and D from `config.model` (see biggan_jax/config.py)."""
+# model.attention_query_chunk=-1 ('auto') on CPU: the attention in chunks of this many query
+# positions where it divides them. On XLA:CPU that is faster, not only smaller (README,
+# "Benchmarks and performance"); on GPU/TPU 'auto' keeps the whole map until a device times it.
+CPU_ATTENTION_QUERY_CHUNK = 1024
+
+
+def attention_query_chunk(setting: int, platform: str | None = None) -> int:
+  """The `query_chunk` of `layers.attend` for `model.attention_query_chunk` on `platform`
+  (default: JAX's default backend): -1 is 'auto', 0 the whole map, N > 0 chunks of N."""
+  if setting < -1:
+    raise ConfigError(f"model.attention_query_chunk={setting}: -1 (auto: chunks of "
+                      f"{CPU_ATTENTION_QUERY_CHUNK} on CPU where they divide the attention's "
+                      "positions, the whole map elsewhere), 0 (the whole attention map at "
+                      "once) or a positive divisor of the attention's positions")
+  if setting == -1:
+    platform = platform or jax.default_backend()
+    return -CPU_ATTENTION_QUERY_CHUNK if platform == "cpu" else 0
+  return setting
+
+
+def build_models(model_config: Any, num_classes: int,
+                 platform: str | None = None) -> ModelPair:
+  """Builds G and D from `config.model` (see biggan_jax/config.py). `platform` ('cpu',
+  'gpu', 'tpu'; default JAX's default backend) is the one the models will run on: it
+  resolves `model.attention_query_chunk=-1`."""
   m = model_config
   dtype = jnp.dtype(m.compute_dtype)
   num_classes = max(num_classes, 1)  # Unconditional data: one class everybody shares.
   common = dict(resolution=m.resolution, num_classes=num_classes, sn_eps=m.sn_eps, dtype=dtype,
                 remat=bool(m.get("remat", False)),
-                attention_query_chunk=int(m.get("attention_query_chunk", 0)))
+                attention_query_chunk=attention_query_chunk(
+                    int(m.get("attention_query_chunk", 0)), platform))
   # Fields added after the first checkpoints were written: absent means the old behaviour.
   output_bn_eps = m.get("output_bn_eps", OUTPUT_BN_EPS)
   truncation_stats = m.get("truncation_bn_stats", 0)
@@ -287,9 +311,6 @@ def build_models(model_config: Any, num_classes: int) -> ModelPair:
   if truncation_stats < 0 or truncation_stats == 1:
     raise ConfigError(f"model.truncation_bn_stats={truncation_stats}: 0 (ordinary running "
                       "statistics) or the number of stored truncation values (51 for TF-Hub)")
-  if m.get("attention_query_chunk", 0) < 0:
-    raise ConfigError(f"model.attention_query_chunk={m.attention_query_chunk}: 0 (the whole "
-                      "attention map at once) or a positive divisor of the attention's positions")
   if m.architecture == "biggan" and (truncation_stats or sn_eval != "power_iteration"):
     raise ConfigError("model.truncation_bn_stats and model.sn_eval='stored' describe the "
                       "TF-Hub BigGAN-deep generators; they need model.architecture="

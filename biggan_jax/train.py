@@ -121,7 +121,8 @@ class BigGANTrainer(checkpointing.StateLayout):
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh):
     self.config = config
     self.mesh = mesh
-    self.models: ModelPair = build_models(config.model, num_classes)
+    self.models: ModelPair = build_models(config.model, num_classes,
+                                          platform=mesh.devices.flat[0].platform)
     self.num_classes = self.models.num_classes
     if config.batch_size % config.num_accumulations:
       raise ConfigError(f"batch_size={config.batch_size} must be divisible by "

@@ -243,9 +243,28 @@ def test_attention_in_query_chunks_never_forms_the_whole_map():
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(ConfigError, match="must divide the 64 query positions"):
     layers.attend(theta, phi, g, query_chunk=24)
+  # -N (what 'auto' builds on CPU): chunks of N where N divides q, else the whole map.
+  (_, auto_text), (_, auto_misfit_text) = run(-chunk, jnp.float32), run(-24, jnp.float32)
+  assert f"tensor<{n}x{chunk}x{k}xf32>" in auto_text
+  assert f"tensor<{n}x{q}x{k}xf32>" not in auto_text
+  assert f"tensor<{n}x{q}x{k}xf32>" in auto_misfit_text
 
 
-def test_attention_query_chunk_must_not_be_negative(tiny):
+def test_attention_query_chunk_auto_chunks_on_cpu_only_and_rejects_other_negatives(tiny):
+  from biggan_jax.config import base_config
+  from biggan_jax.models import CPU_ATTENTION_QUERY_CHUNK, attention_query_chunk
+  from biggan_jax.train import BigGANTrainer
+  from gan_core import parallel
+  assert base_config().model.attention_query_chunk == -1  # 'auto' is the default.
+  assert attention_query_chunk(-1, "cpu") == -CPU_ATTENTION_QUERY_CHUNK == -1024
+  assert attention_query_chunk(-1, "gpu") == attention_query_chunk(-1, "tpu") == 0
+  assert attention_query_chunk(0, "cpu") == 0 and attention_query_chunk(64, "gpu") == 64
   tiny.model.attention_query_chunk = -1
-  with pytest.raises(ConfigError, match="attention_query_chunk=-1"):
+  assert build_models(tiny.model, 10, platform="cpu").generator.attention_query_chunk == -1024
+  assert build_models(tiny.model, 10, platform="tpu").discriminator.attention_query_chunk == 0
+  # The trainer resolves it for the platform of its mesh's devices.
+  trainer = BigGANTrainer(tiny, 10, parallel.make_mesh(jax.devices()[:1]))
+  assert trainer.models.generator.attention_query_chunk == -1024
+  tiny.model.attention_query_chunk = -2
+  with pytest.raises(ConfigError, match="attention_query_chunk=-2: -1 \\(auto"):
     build_models(tiny.model, 10)
