@@ -276,7 +276,7 @@ class ModelPair:
 CPU_ATTENTION_QUERY_CHUNK = 1024
 
 
-def attention_query_chunk(setting: int, platform: str | None = None) -> int:
+def resolve_attention_query_chunk(setting: int, platform: str | None = None) -> int:
   """The `query_chunk` of `layers.attend` for `model.attention_query_chunk` on `platform`
   (default: JAX's default backend): -1 is 'auto', 0 the whole map, N > 0 chunks of N."""
   if setting < -1:
@@ -300,7 +300,7 @@ def build_models(model_config: Any, num_classes: int,
   num_classes = max(num_classes, 1)  # Unconditional data: one class everybody shares.
   common = dict(resolution=m.resolution, num_classes=num_classes, sn_eps=m.sn_eps, dtype=dtype,
                 remat=bool(m.get("remat", False)),
-                attention_query_chunk=attention_query_chunk(
+                attention_query_chunk=resolve_attention_query_chunk(
                     int(m.get("attention_query_chunk", 0)), platform))
   # Fields added after the first checkpoints were written: absent means the old behaviour.
   output_bn_eps = m.get("output_bn_eps", OUTPUT_BN_EPS)

@@ -252,13 +252,14 @@ def test_attention_in_query_chunks_never_forms_the_whole_map():
 
 def test_attention_query_chunk_auto_chunks_on_cpu_only_and_rejects_other_negatives(tiny):
   from biggan_jax.config import base_config
-  from biggan_jax.models import CPU_ATTENTION_QUERY_CHUNK, attention_query_chunk
+  from biggan_jax.models import CPU_ATTENTION_QUERY_CHUNK
+  from biggan_jax.models import resolve_attention_query_chunk as resolve
   from biggan_jax.train import BigGANTrainer
   from gan_core import parallel
   assert base_config().model.attention_query_chunk == -1  # 'auto' is the default.
-  assert attention_query_chunk(-1, "cpu") == -CPU_ATTENTION_QUERY_CHUNK == -1024
-  assert attention_query_chunk(-1, "gpu") == attention_query_chunk(-1, "tpu") == 0
-  assert attention_query_chunk(0, "cpu") == 0 and attention_query_chunk(64, "gpu") == 64
+  assert resolve(-1, "cpu") == -CPU_ATTENTION_QUERY_CHUNK == -1024
+  assert resolve(-1, "gpu") == resolve(-1, "tpu") == 0
+  assert resolve(0, "cpu") == 0 and resolve(64, "gpu") == 64
   tiny.model.attention_query_chunk = -1
   assert build_models(tiny.model, 10, platform="cpu").generator.attention_query_chunk == -1024
   assert build_models(tiny.model, 10, platform="tpu").discriminator.attention_query_chunk == 0
