@@ -5,7 +5,8 @@
   fusion or rematerialisation. Loops are not multiplied by their trip counts by that
   analysis, so the benchmarks count a program traced without loops (`scan_unroll='always'`).
 - `peak_flops(device, dtype)`: the device's dense matmul peak, from published data-sheet
-  figures for accelerators (`PEAK_TFLOPS`), measured on the spot with a GEMM on CPUs.
+  figures for accelerators (`PEAK_TFLOPS`), measured on the spot with a GEMM on CPUs (the
+  better of XLA's and NumPy's BLAS in float32, so the peak does not move with XLA flags).
 - `peak_memory_bytes(compiled)`: from XLA's memory analysis of the compiled program.
 - `trace(dir)`: a `jax.profiler` trace of the timed steps (view with TensorBoard/Perfetto).
 """
@@ -65,20 +66,45 @@ def peak_memory_bytes(compiled: Any) -> int | None:
   return int(total + getattr(m, "generated_code_size_in_bytes", 0))
 
 
-def measure_cpu_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 8) -> float:
-  """Best FLOP/s of an n x n GEMM on the default CPU device, measured now (cached)."""
+def _best_seconds(call, repeats: int) -> float:
+  call()  # Compilation, thread-pool start-up, first touch of the operands.
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    call()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def cpu_gemm_peak(dtype: str = "float32", n: int = 2048,
+                  repeats: int = 8) -> tuple[float, str]:
+  """(best FLOP/s of an n x n GEMM on this CPU, which GEMM gave it), measured now (cached).
+
+  XLA's own GEMM depends on the process's XLA flags: with YNNPACK fusions off (the training
+  default, `gan_core.xla_flags`) it takes Eigen's path, about 25% under the CPU's BLAS on a
+  2-core AVX2 host (138 against 190 GFLOP/s in float32). A peak that moves with a flag we
+  set for convolutions would flatter the MFU, so float32 takes the better of XLA's GEMM and
+  NumPy's (its BLAS, all cores). NumPy has no bfloat16 BLAS: bfloat16 is XLA's GEMM only.
+  """
   key = f"{dtype}:{n}"
   if key not in _CPU_PEAK_CACHE:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
-    matmul = jax.jit(lambda x, y: x @ y)
-    matmul(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      matmul(a, a).block_until_ready()
-      best = min(best, time.perf_counter() - t0)
-    _CPU_PEAK_CACHE[key] = 2.0 * n ** 3 / best
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    x = jnp.asarray(a, dtype=dtype)
+    matmul = jax.jit(lambda p, q: p @ q)
+    flops = 2.0 * n ** 3
+    best = (flops / _best_seconds(lambda: matmul(x, x).block_until_ready(), repeats),
+            "XLA's GEMM")
+    if dtype == "float32":
+      numpy_flops = flops / _best_seconds(lambda: a @ a, repeats)
+      if numpy_flops > best[0]:
+        best = (numpy_flops, "NumPy's BLAS GEMM")
+    _CPU_PEAK_CACHE[key] = best
   return _CPU_PEAK_CACHE[key]
+
+
+def measure_cpu_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 8) -> float:
+  """Best FLOP/s of an n x n GEMM on this CPU, measured now (cached); see `cpu_gemm_peak`."""
+  return cpu_gemm_peak(dtype, n, repeats)[0]
 
 
 def peak_flops(device: jax.Device | None = None, dtype: str = "float32") -> tuple[float, str]:
@@ -87,7 +113,8 @@ def peak_flops(device: jax.Device | None = None, dtype: str = "float32") -> tupl
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}: choose 'float32' or 'bfloat16'")
   if device.platform == "cpu":
-    return measure_cpu_peak_flops(dtype), f"measured {dtype} GEMM on this CPU"
+    peak, which = cpu_gemm_peak(dtype)
+    return peak, f"measured {dtype} GEMM on this CPU, {which}"
   kind = device.device_kind
   for name, bf16, f32 in PEAK_TFLOPS:
     if name.lower() in kind.lower():

@@ -104,6 +104,26 @@ def test_utilisation_and_memory_of_a_compiled_matmul():
       "model GFLOP/iteration", "achieved TFLOP/s", "MFU", "peak memory"]
 
 
+def test_cpu_peak_is_the_better_of_xla_and_numpy_gemm(monkeypatch):
+  """The CPU peak must not move with XLA's flags (Eigen's GEMM is ~25% under the BLAS with
+  YNNPACK off): float32 takes the faster of XLA's and NumPy's GEMM; bfloat16 has only XLA's."""
+  def timings(*seconds):
+    calls = list(seconds)
+    monkeypatch.setattr(perf, "_best_seconds", lambda call, repeats: calls.pop(0))
+    monkeypatch.setattr(perf, "_CPU_PEAK_CACHE", {})
+    return calls
+  flops = 2.0 * 64 ** 3
+  left = timings(2.0, 1.0)  # XLA, then NumPy.
+  assert perf.cpu_gemm_peak("float32", n=64) == (flops / 1.0, "NumPy's BLAS GEMM") and not left
+  left = timings(1.0, 2.0)
+  assert perf.cpu_gemm_peak("float32", n=64) == (flops / 1.0, "XLA's GEMM") and not left
+  left = timings(4.0)
+  assert perf.cpu_gemm_peak("bfloat16", n=64) == (flops / 4.0, "XLA's GEMM") and not left
+  monkeypatch.setattr(perf, "cpu_gemm_peak", lambda dtype: (1e11, "NumPy's BLAS GEMM"))
+  assert perf.peak_flops(jax.devices("cpu")[0], "float32") == (
+      1e11, "measured float32 GEMM on this CPU, NumPy's BLAS GEMM")
+
+
 def test_accelerator_peaks_are_looked_up_by_device_kind():
   class Fake:
     platform = "gpu"
@@ -138,7 +158,7 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
   assert float(fields["model GFLOP/iteration"]) > 0
   assert float(fields["achieved TFLOP/s"]) > 0
-  assert fields["MFU"].endswith("GEMM on this CPU)")
+  assert re.search(r"GEMM on this CPU, (XLA's GEMM|NumPy's BLAS GEMM)\)$", fields["MFU"]), fields["MFU"]
   assert fields["peak memory"].endswith("(compiled memory analysis)")
   traces = [f for _, _, files in os.walk(tmp_path / "trace") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
