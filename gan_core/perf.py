@@ -102,11 +102,6 @@ def cpu_gemm_peak(dtype: str = "float32", n: int = 2048,
   return _CPU_PEAK_CACHE[key]
 
 
-def measure_cpu_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 8) -> float:
-  """Best FLOP/s of an n x n GEMM on this CPU, measured now (cached); see `cpu_gemm_peak`."""
-  return cpu_gemm_peak(dtype, n, repeats)[0]
-
-
 def peak_flops(device: jax.Device | None = None, dtype: str = "float32") -> tuple[float, str]:
   """(peak FLOP/s of one device for `dtype`, where the figure comes from)."""
   device = device or jax.devices()[0]
