@@ -2,8 +2,8 @@
 # One-script accelerator check (GPU/TPU): BigGAN-128 f32 and bf16, BigGAN-deep-128, at
 # per-device batch 32/64/128 (and bf16 at 64 with the attention in query chunks); PGGAN at
 # 256 and 1024; Inception features at 299. Prints one table (ms/iteration, images/s, model
-# TFLOP/s, MFU, peak memory) and appends it, with the device and software versions, to
-# benchmarks/RESULTS.md. Target: under 8 minutes on one
+# TFLOP/s, MFU, peak memory, kernels per iteration) and appends it, with the device and
+# software versions, to benchmarks/RESULTS.md. Target: under 8 minutes on one
 # H100/H200 (each row has its own time limit; a row that fails or runs out of memory is
 # recorded as such and the script goes on).
 #
@@ -37,11 +37,12 @@ biggan_row() {  # label, per-device batch, train_step.py arguments
     local why="failed (rc $rc)"
     [ $rc -eq 124 ] && why="over ${ROW_LIMIT} s"
     grep -qiE "resource.?exhausted|out of memory" "$log" && why="out of memory"
-    echo "| $label | $per_device | $why | | | | | |" >> "$out"
+    echo "| $label | $per_device | $why | | | | | | |" >> "$out"
   else
     echo "| $label | $per_device | $(field 'ms/iteration' "$log") | $(field 'images/s' "$log") |" \
          "$(field 'achieved TFLOP/s' "$log") | $(field 'MFU' "$log" | cut -d' ' -f1) |" \
-         "$(field 'peak memory' "$log" | cut -d' ' -f1-2) | $(field 'compile' "$log" | cut -d' ' -f1-2) |" >> "$out"
+         "$(field 'peak memory' "$log" | cut -d' ' -f1-2) | $(field 'compile' "$log" | cut -d' ' -f1-2) |" \
+         "$(field 'kernels per iteration' "$log" | sed -E 's/ small:.*/ small)/') |" >> "$out"
   fi
   tail -3 "$log" >&2
   rm -f "$log"
@@ -53,12 +54,12 @@ pggan_row() {  # resolution
       --resolutions="$res" --steps="$STEPS" $(profile_flag "pggan$res") > "$log" 2>&1
   local rc=$?
   if [ $rc -ne 0 ]; then
-    echo "| PGGAN r$res | config | failed or over ${ROW_LIMIT} s (rc $rc) | | | | | |" >> "$out"
+    echo "| PGGAN r$res | config | failed or over ${ROW_LIMIT} s (rc $rc) | | | | | | |" >> "$out"
   else
     grep -E "^res=" "$log" | while read -r line; do
       get() { echo "$line" | tr ' ' '\n' | grep -E "^$1=" | cut -d= -f2; }
       echo "| PGGAN r$res fading=$(get fading) | $(( $(get batch) / ndev )) | $(get ms/iteration) |" \
-           "$(get images/s) | $(get tflops) | $(get mfu) | $(get peak_mem_gib) GiB | $(get compile_s) s |" >> "$out"
+           "$(get images/s) | $(get tflops) | $(get mfu) | $(get peak_mem_gib) GiB | $(get compile_s) s | |" >> "$out"
     done
   fi
   tail -3 "$log" >&2
@@ -73,12 +74,12 @@ inception_row() {
   local rc=$? dtype=f32
   case " $* " in *--bf16*) dtype=bf16;; esac
   if [ $rc -ne 0 ]; then
-    echo "| Inception 299 $dtype | 256 | failed or over ${ROW_LIMIT} s (rc $rc) | | | | | |" >> "$out"
+    echo "| Inception 299 $dtype | 256 | failed or over ${ROW_LIMIT} s (rc $rc) | | | | | | |" >> "$out"
   else
     local ms; ms=$(python -c "print(f'{256 * $ndev / float(\"$(field 'images/s' "$log")\") * 1000:.1f}')")
     echo "| Inception 299 $dtype | 256 | $ms (per batch) | $(field 'images/s' "$log") |" \
          "$(field 'achieved TFLOP/s' "$log") | $(field 'MFU' "$log" | cut -d' ' -f1) |" \
-         "$(field 'peak memory' "$log" | cut -d' ' -f1-2) | |" >> "$out"
+         "$(field 'peak memory' "$log" | cut -d' ' -f1-2) | | |" >> "$out"
   fi
   tail -3 "$log" >&2
   rm -f "$log"
@@ -116,8 +117,11 @@ elapsed=$(( $(date +%s) - start ))
   echo "MFU: model FLOPs (XLA cost analysis) / time / the device's data-sheet peak for the row's dtype."
   echo "Whole script: ${elapsed} s."
   echo
-  echo "| row | per-device batch | ms/iteration | images/s | TFLOP/s | MFU | peak memory | compile |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "Kernels: launched per iteration (loop bodies per iteration), and how many are small (no operand"
+  echo "or output over 4096 elements), from the compiled HLO (gan_core.perf.kernel_census)."
+  echo
+  echo "| row | per-device batch | ms/iteration | images/s | TFLOP/s | MFU | peak memory | compile | kernels |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   cat "$out"
 } > "$out.md"
 cat "$out.md"

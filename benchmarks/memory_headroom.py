@@ -40,6 +40,11 @@ Deviceless, it does not autotune convolutions and gives cuDNN no workspace; on t
 autotuning may pick algorithms that need some. The capacities are compared with the compiled peak as is:
 on GPUs JAX takes 75% of the memory by default (`XLA_PYTHON_CLIENT_MEM_FRACTION`), and
 runtimes keep some for themselves, so leave headroom.
+
+`--census` also prints, for every compiled batch, the kernel census of the iteration
+(`gan_core.perf.kernel_census`): what one iteration launches on the target (kernels by kind,
+how many are small and launch-bound, collectives, host transfers), counted from the optimised
+HLO, so a GPU program can be inspected before a GPU is at hand.
 """
 from __future__ import annotations
 
@@ -67,6 +72,9 @@ flags.DEFINE_list("batches", [], "Only compile these per-device batches and prin
                   "(no search, no table), e.g. to compare targets.")
 flags.DEFINE_list("probe_batches", ["8", "64"], "Per-device batches compiled first (8 always): "
                   "the line through them aims the search for each capacity.")
+flags.DEFINE_bool("census", False, "Also print the kernel census of every compiled iteration "
+                  "(gan_core.perf.kernel_census: kernels per iteration by kind, small ones, "
+                  "collectives, host transfers), e.g. for a deviceless GPU target.")
 flags.DEFINE_string("compute_dtype", "", "Override config.model.compute_dtype.")
 flags.DEFINE_list("remat", ["false", "true"], "Remat settings to measure.")
 flags.DEFINE_multi_string("set", [], "Config overrides FIELD=VALUE (Python literals), e.g. "
@@ -267,6 +275,9 @@ class Measurer:
       self.hbm = hbm_bytes_from_error(str(e)) or self.hbm
       form = "used" if _USED.search(str(e)) else "temporaries + arguments"
       return used, f"{time.perf_counter() - t0:.0f} s, {ESTIMATE}: {form}"
+    if FLAGS.census:
+      for line in perf.format_census(perf.kernel_census(compiled.as_text()), per="iteration"):
+        print(f"{self.label} batch {per_device}/device: {line}", flush=True)
     return perf.peak_memory_bytes(compiled), f"{time.perf_counter() - t0:.0f} s"
 
 

@@ -9,10 +9,14 @@
   better of XLA's and NumPy's BLAS in float32, so the peak does not move with XLA flags).
 - `peak_memory_bytes(compiled)`: from XLA's memory analysis of the compiled program.
 - `trace(dir)`: a `jax.profiler` trace of the timed steps (view with TensorBoard/Perfetto).
+- `kernel_census(compiled.as_text())`: what one call launches (kernels by kind, the small,
+  launch-bound ones, collectives, host transfers), loop bodies counted per iteration: a
+  static count from the optimised HLO, for any target, deviceless compiles included.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any, Iterator
 
@@ -230,4 +234,198 @@ def format_breakdown(breakdown: list[tuple[str, float]]) -> list[str]:
   if breakdown:
     lines.append(f"traced op time: {total:.1f} ms, summed over threads (XLA:CPU traces its "
                  "YNNPACK and loop fusions per op, not its Eigen convolutions)")
+  return lines
+
+
+# --- what the compiled program launches: a static kernel census ------------------------------
+
+SMALL_KERNEL_ELEMENTS = 4096
+# Instructions that launch nothing: plumbing, the waits of async pairs (their start is counted)
+# and the control flow whose computations are walked instead.
+_NOT_KERNELS = frozenset({
+    "parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
+    "partition-id", "replica-id", "add-dependency", "opt-barrier", "domain", "while",
+    "conditional", "call", "all-reduce-done", "all-gather-done", "collective-permute-done",
+    "async-done", "async-update", "send-done", "recv-done", "copy-done"})
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
+                "all-to-all", "collective-broadcast", "ragged-all-to-all")
+_HOST = ("send", "recv", "infeed", "outfeed")
+
+
+@dataclasses.dataclass
+class KernelCensus:
+  """What one call of a compiled program launches, read from its optimised HLO.
+
+  Each executed top-level instruction that does work (a fusion, a library call, a copy, a
+  collective's start, ...) counts once per execution: loop bodies count once per iteration of
+  their known trip count. `small` counts those whose largest operand or output has at most
+  SMALL_KERNEL_ELEMENTS elements (on an accelerator their time is launch and latency, not
+  arithmetic or bandwidth). A static count, not a timing: what a profile on the device would
+  attribute time to.
+  """
+  kernels: int = 0
+  small: int = 0
+  by_kind: dict = dataclasses.field(default_factory=dict)
+  collectives: int = 0
+  host_transfers: int = 0
+  in_branches: int = 0  # In conditional branches: all branches counted, each call runs one.
+  unknown_trip_counts: int = 0  # While loops whose trip count XLA does not know: counted once.
+
+
+def _split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+  import re
+  comps: dict[str, list[str]] = {}
+  entry, current = "", None
+  for line in hlo_text.splitlines():
+    m = re.match(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{\s*$", line)
+    if m:
+      current = m.group(2)
+      comps[current] = []
+      if m.group(1):
+        entry = current
+    elif line.startswith("}"):
+      current = None
+    elif current is not None:
+      comps[current].append(line)
+  if not entry:
+    raise ValueError("kernel_census: no ENTRY computation in the HLO text")
+  return comps, entry
+
+
+def _parse_instruction(line: str) -> tuple[str, str, str, str] | None:
+  """(name, shape, opcode, rest after the opening parenthesis) of one HLO instruction line."""
+  import re
+  m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+  if not m:
+    return None
+  rest = line[m.end():]
+  if rest.startswith("("):  # A tuple shape: up to the matching parenthesis.
+    depth = 0
+    for i, ch in enumerate(rest):
+      depth += ch == "("
+      depth -= ch == ")"
+      if depth == 0:
+        break
+    shape, rest = rest[:i + 1], rest[i + 1:].lstrip()
+  else:
+    shape, _, rest = rest.partition(" ")
+  op = re.match(r"([\w\-]+)\(", rest)
+  if not op:
+    return None
+  return m.group(1), shape, op.group(1), rest[op.end():]
+
+
+def _elements(shape_text: str) -> list[int]:
+  import re
+  sizes = []
+  for dims in re.findall(r"\b[a-z]+\d*\[([\d,]*)\]", shape_text):
+    n = 1
+    for d in dims.split(","):
+      if d:
+        n *= int(d)
+    sizes.append(n)
+  return sizes
+
+
+def _kind(op: str, args: str) -> str:
+  import re
+  target = re.search(r'custom_call_target="([^"]*)"', args)
+  fusion_kind = re.search(r'"kind":"(__[\w$]+)"', args)
+  if op == "custom-call":
+    t = target.group(1).lower() if target else ""
+    if "callback" in t or "host" in t:
+      return "host callback"
+    if "conv" in t:
+      return "convolution (library call)"
+    if "gemm" in t or "matmul" in t or "blas" in t:
+      return "GEMM (library call)"
+    return "other library call"
+  if op == "fusion":
+    k = fusion_kind.group(1).lower() if fusion_kind else ""
+    if "gemm" in k or "dot" in k or "blas" in k:
+      return "GEMM (Triton / library fusion)"
+    if "conv" in k or "cudnn" in k:
+      return "convolution (library fusion)"
+    if k:
+      return f"library fusion ({k.strip('_')})"
+    return "XLA fusion"
+  if op == "convolution":
+    return "convolution"
+  if op == "dot":
+    return "GEMM"
+  if op in ("copy", "copy-start", "transpose"):
+    return "copy / transpose"
+  if op.removesuffix("-start") in _COLLECTIVES or op == "async-start" and any(
+      c in args for c in _COLLECTIVES):
+    return "collective"
+  if op in _HOST:
+    return "host transfer"
+  return "other"
+
+
+def kernel_census(hlo_text: str, small_elements: int = SMALL_KERNEL_ELEMENTS) -> KernelCensus:
+  """The static kernel census of a compiled program (`compiled.as_text()`): KernelCensus."""
+  import re
+  comps, entry = _split_computations(hlo_text)
+  census = KernelCensus()
+  kinds: dict[str, int] = {}
+
+  def walk(name: str, mult: int, in_branch: bool, depth: int) -> None:
+    if depth > 64 or name not in comps:
+      return
+    shapes: dict[str, str] = {}
+    for line in comps[name]:
+      parsed = _parse_instruction(line)
+      if parsed is None:
+        continue
+      inst, shape, op, args = parsed
+      shapes[inst] = shape
+      if op == "while":
+        trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', args)
+        if trip is None:
+          census.unknown_trip_counts += 1
+        n = int(trip.group(1)) if trip else 1
+        body = re.search(r"body=%?([\w.\-]+)", args)
+        cond = re.search(r"condition=%?([\w.\-]+)", args)
+        if body:
+          walk(body.group(1), mult * n, in_branch, depth + 1)
+        if cond:
+          walk(cond.group(1), mult * (n + 1), in_branch, depth + 1)
+      elif op == "conditional":
+        branches = re.search(r"branch_computations=\{([^}]*)\}", args)
+        names = (re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else
+                 re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", args))
+        for b in names:
+          walk(b, mult, True, depth + 1)
+      elif op == "call":
+        callee = re.search(r"to_apply=%?([\w.\-]+)", args)
+        if callee:
+          walk(callee.group(1), mult, in_branch, depth + 1)
+      if op in _NOT_KERNELS:
+        continue
+      operands = args.split("), ")[0] if "), " in args else args.rstrip(")")
+      sizes = _elements(shape) + _elements(operands) + [
+          n for o in re.findall(r"%([\w.\-]+)", operands) for n in _elements(shapes.get(o, ""))]
+      kind = _kind(op, args)
+      census.kernels += mult
+      census.small += mult if max(sizes, default=0) <= small_elements else 0
+      census.collectives += mult if kind == "collective" else 0
+      census.host_transfers += mult if kind in ("host transfer", "host callback") else 0
+      census.in_branches += mult if in_branch else 0
+      kinds[kind] = kinds.get(kind, 0) + mult
+
+  walk(entry, 1, False, 0)
+  census.by_kind = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+  return census
+
+
+def format_census(census: KernelCensus, per: str = "call") -> list[str]:
+  lines = [f"kernels per {per}: {census.kernels} ({census.small} small: no operand or output "
+           f"over {SMALL_KERNEL_ELEMENTS} elements)",
+           "kernels by kind: " + ", ".join(f"{k} {n}" for k, n in census.by_kind.items()),
+           f"collectives: {census.collectives}; host transfers: {census.host_transfers}"]
+  if census.in_branches:
+    lines.append(f"in conditional branches (each call runs one): {census.in_branches}")
+  if census.unknown_trip_counts:
+    lines.append(f"loops of unknown trip count, counted once: {census.unknown_trip_counts}")
   return lines

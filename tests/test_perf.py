@@ -124,6 +124,111 @@ def test_cpu_peak_is_the_better_of_xla_and_numpy_gemm(monkeypatch):
       1e11, "measured float32 GEMM on this CPU, NumPy's BLAS GEMM")
 
 
+# A hand-written optimised-HLO program whose census is known: a while loop of known trip count
+# 4 (a counter, a library convolution, a reduction of its 1M-element output to a scalar, an
+# async all-reduce of that scalar), a loop whose trip count XLA does not know, a conditional
+# with one and two kernels in its branches, and an outfeed to the host.
+CENSUS_HLO = """HloModule census, is_scheduled=true
+
+%add_comp (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(%a, %b)
+}
+
+%body (p: (s32[], f32[1024,1024])) -> (s32[], f32[1024,1024]) {
+  %p = (s32[], f32[1024,1024]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[1024,1024]{1,0} get-tuple-element(%p), index=1
+  %one = s32[] constant(1)
+  %next = s32[] fusion(%i, %one), kind=kLoop, calls=%add_comp
+  %conv = (f32[1024,1024]{1,0}, u8[0]{0}) custom-call(%x), custom_call_target="__cudnn$convForward"
+  %y = f32[1024,1024]{1,0} get-tuple-element(%conv), index=0
+  %norm = f32[] fusion(%y), kind=kInput, calls=%add_comp
+  %ars = f32[] all-reduce-start(%norm), replica_groups={}, to_apply=%add_comp
+  %ard = f32[] all-reduce-done(%ars)
+  ROOT %t = (s32[], f32[1024,1024]{1,0}) tuple(%next, %y)
+}
+
+%cond (p: (s32[], f32[1024,1024])) -> pred[] {
+  %p = (s32[], f32[1024,1024]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(4)
+  ROOT %lt = pred[] fusion(%i, %n), kind=kLoop, calls=%add_comp
+}
+
+%body2 (q: f32[8]) -> f32[8] {
+  %q = f32[8]{0} parameter(0)
+  ROOT %r = f32[8]{0} fusion(%q), kind=kLoop, calls=%add_comp
+}
+
+%cond2 (q: f32[8]) -> pred[] {
+  %q = f32[8]{0} parameter(0)
+  ROOT %c = pred[] fusion(%q), kind=kInput, calls=%add_comp
+}
+
+%yes (a: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  ROOT %y1 = f32[] fusion(%a), kind=kLoop, calls=%add_comp
+}
+
+%no (a: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %n1 = f32[] fusion(%a), kind=kLoop, calls=%add_comp
+  ROOT %n2 = f32[] fusion(%n1), kind=kLoop, calls=%add_comp
+}
+
+ENTRY %main (x: f32[1024,1024], v: f32[8]) -> f32[] {
+  %x = f32[1024,1024]{1,0} parameter(0)
+  %v = f32[8]{0} parameter(1)
+  %zero = s32[] constant(0)
+  %t = (s32[], f32[1024,1024]{1,0}) tuple(%zero, %x)
+  %w = (s32[], f32[1024,1024]{1,0}) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"4"}}
+  %w2 = f32[8]{0} while(%v), condition=%cond2, body=%body2
+  %y = f32[1024,1024]{1,0} get-tuple-element(%w), index=1
+  %s = f32[] fusion(%y), kind=kInput, calls=%add_comp
+  %pred = pred[] constant(true)
+  %c = f32[] conditional(%pred, %s, %s), true_computation=%yes, false_computation=%no
+  %tok = token[] after-all()
+  %of = token[] outfeed(%c, %tok), outfeed_shape=f32[]
+  ROOT %out = f32[] copy(%c)
+}
+"""
+
+
+def test_kernel_census_counts_loop_bodies_per_iteration_and_small_kernels_by_their_operands():
+  c = perf.kernel_census(CENSUS_HLO)
+  # Loop body 4 x (counter, convolution, reduction, all-reduce start; the done is a wait),
+  # its condition 5 x, the unknown loop's body once and its condition twice, the entry's
+  # reduction, both conditional branches (1 + 2), the outfeed and the final copy.
+  assert c.kernels == 16 + 5 + 1 + 2 + 1 + 3 + 1 + 1
+  # Not small: the convolution and both reductions of the 1M-element tensor (a scalar out,
+  # a large operand in).
+  assert c.small == c.kernels - 4 - 4 - 1
+  assert c.by_kind == {"XLA fusion": 4 + 4 + 5 + 1 + 2 + 1 + 3, "convolution (library call)": 4,
+                       "collective": 4, "host transfer": 1, "copy / transpose": 1}
+  assert (c.collectives, c.host_transfers, c.in_branches, c.unknown_trip_counts) == (4, 1, 3, 1)
+  lines = perf.format_census(c)
+  assert lines[0] == f"kernels per call: {c.kernels} ({c.small} small: no operand or output over 4096 elements)"
+  assert any("unknown trip count" in l for l in lines) and any("branches" in l for l in lines)
+  with pytest.raises(ValueError, match="no ENTRY"):
+    perf.kernel_census("HloModule empty")
+
+
+def test_kernel_census_of_a_compiled_loop_grows_with_its_trip_count():
+  """On a real compiled program: a fori_loop's body counts once per iteration."""
+  def program(trips):
+    def f(x, w):
+      return jax.lax.fori_loop(0, trips, lambda i, x: jnp.tanh(x @ w) + jnp.sum(x), x)
+    x = jnp.ones((128, 128))
+    return perf.kernel_census(jax.jit(f).lower(x, x).compile().as_text())
+  c3, c7 = program(3), program(7)
+  per_trip = (c7.kernels - c3.kernels) / 4
+  assert per_trip >= 1 and per_trip == int(per_trip), (c3, c7)
+  assert c3.unknown_trip_counts == c7.unknown_trip_counts == 0
+  assert c3.collectives == c3.host_transfers == 0
+
+
 def test_accelerator_peaks_are_looked_up_by_device_kind():
   class Fake:
     platform = "gpu"
@@ -160,6 +265,8 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   assert float(fields["achieved TFLOP/s"]) > 0
   assert re.search(r"GEMM on this CPU, (XLA's GEMM|NumPy's BLAS GEMM)\)$", fields["MFU"]), fields["MFU"]
   assert fields["peak memory"].endswith("(compiled memory analysis)")
+  assert int(fields["kernels per iteration"].split()[0]) > 0
+  assert fields["collectives"] == "0; host transfers: 0"
   traces = [f for _, _, files in os.walk(tmp_path / "trace") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
   # The op time by kind, read from that trace: convolutions are there and the shares add up
@@ -330,8 +437,11 @@ def test_memory_headroom_benchmark_prints_the_table_on_this_cpu():
       "memory_headroom.py", 2,
       f"--configs={REPO / 'configs' / 'digits32.py'}", "--remat=false", "--max_batch=8",
       "--capacities_gb=0.000001,1000", "--min_batch=8", "--set=model.ch=4", "--set=model.dim_z=16",
-      "--set=model.shared_dim=8")
+      "--set=model.shared_dim=8", "--census")
   assert out.returncode == 0, out.stderr[-3000:]
+  census = [l for l in out.stdout.splitlines() if "kernels per iteration: " in l]
+  assert census and "batch 8/device: kernels per iteration: " in census[0], out.stdout
+  assert int(census[0].split("kernels per iteration: ")[1].split()[0]) > 0
   row = [l for l in out.stdout.splitlines() if l.startswith("| digits32.py")]
   assert len(row) == 1, out.stdout
   cells = [c.strip() for c in row[0].strip("|").split("|")]
