@@ -276,7 +276,9 @@ class Measurer:
       form = "used" if _USED.search(str(e)) else "temporaries + arguments"
       return used, f"{time.perf_counter() - t0:.0f} s, {ESTIMATE}: {form}"
     if FLAGS.census:
-      for line in perf.format_census(perf.kernel_census(compiled.as_text()), per="iteration"):
+      from biggan_jax.layers import SN_SCOPE
+      census = perf.kernel_census(compiled.as_text(), scopes=(SN_SCOPE,))
+      for line in perf.format_census(census, per="iteration"):
         print(f"{self.label} batch {per_device}/device: {line}", flush=True)
     return perf.peak_memory_bytes(compiled), f"{time.perf_counter() - t0:.0f} s"
 

@@ -13,9 +13,10 @@ Utilisation (gan_core/perf.py): `model GFLOP/iteration` (XLA's cost analysis of 
 traced without loops), `achieved TFLOP/s`, `MFU` against the device's peak for the config's
 compute dtype (data sheet; measured with a GEMM on CPUs) and `peak memory` (compiled memory
 analysis), and the kernel census of the compiled iteration (`gan_core.perf.kernel_census`:
-kernels launched per iteration, how many are small, collectives, host transfers).
-`--profile=DIR` writes a `jax.profiler` trace of the timed iterations and, on CPU, prints the op time by kind (forward / input-gradient / kernel-gradient convolutions,
-attention, matmuls, transposes, the rest) from that trace.
+kernels launched per iteration, how many are small, how many are spectral normalisation's,
+collectives, host transfers). `--profile=DIR` writes a `jax.profiler` trace of the timed
+iterations and, on CPU, prints the op time by kind (forward / input-gradient /
+kernel-gradient convolutions, attention, matmuls, transposes, the rest) from that trace.
 """
 from __future__ import annotations
 
@@ -94,7 +95,9 @@ def main(_):
   for line in perf.format_report(flops, ms / 1000, perf.peak_memory_bytes(compiled),
                                  perf.dtype_name(config.model.compute_dtype)):
     print(line)
-  for line in perf.format_census(perf.kernel_census(compiled.as_text()), per="iteration"):
+  from biggan_jax.layers import SN_SCOPE
+  census = perf.kernel_census(compiled.as_text(), scopes=(SN_SCOPE,))
+  for line in perf.format_census(census, per="iteration"):
     print(line)
   if FLAGS.profile:
     print(f"trace: {FLAGS.profile}")

@@ -64,6 +64,10 @@ def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:
 
 
 SN_EVAL_MODES = ("power_iteration", "stored")
+# The name scope of the spectral normalisation's ops (power iteration, sigma, W / sigma) in
+# the compiled program's metadata: profiles and `gan_core.perf.kernel_census` attribute
+# kernels to it. Metadata only; the computation is the same.
+SN_SCOPE = "spectral_norm"
 
 
 def spectral_normalize(module: nn.Module, weight_matrix: jax.Array, eps: float,
@@ -110,8 +114,9 @@ class SNDense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
     kernel = self.param("kernel", orthogonal_init, (fan_in, self.features), jnp.float32)
-    sigma = spectral_normalize(self, kernel.T, self.sn_eps, self.sn_eval)
-    kernel = (kernel / sigma).astype(self.dtype)
+    with jax.named_scope(SN_SCOPE):
+      sigma = spectral_normalize(self, kernel.T, self.sn_eps, self.sn_eval)
+      kernel = (kernel / sigma).astype(self.dtype)
     y = jnp.dot(x.astype(self.dtype), kernel)
     if self.use_bias:
       bias = self.param("bias", torch_default_bias_init(fan_in), (self.features,), jnp.float32)
@@ -132,9 +137,10 @@ class SNConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, fan_in = self.kernel_size, x.shape[-1]
     kernel = self.param("kernel", orthogonal_init, (k, k, fan_in, self.features), jnp.float32)
-    sigma = spectral_normalize(self, kernel.reshape(-1, self.features).T, self.sn_eps,
-                               self.sn_eval)
-    kernel = (kernel / sigma).astype(self.dtype)
+    with jax.named_scope(SN_SCOPE):
+      sigma = spectral_normalize(self, kernel.reshape(-1, self.features).T, self.sn_eps,
+                                 self.sn_eval)
+      kernel = (kernel / sigma).astype(self.dtype)
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
@@ -154,8 +160,10 @@ class SNEmbed(nn.Module):
   def __call__(self, labels: jax.Array) -> jax.Array:
     table = self.param("embedding", orthogonal_init, (self.num_embeddings, self.features),
                        jnp.float32)
-    sigma = spectral_normalize(self, table, self.sn_eps)
-    return jnp.take(table / sigma, labels, axis=0)
+    with jax.named_scope(SN_SCOPE):
+      sigma = spectral_normalize(self, table, self.sn_eps)
+      table = table / sigma
+    return jnp.take(table, labels, axis=0)
 
 
 def truncation_statistics(means: jax.Array, variances: jax.Array, truncation: float | None

@@ -240,16 +240,15 @@ def format_breakdown(breakdown: list[tuple[str, float]]) -> list[str]:
 # --- what the compiled program launches: a static kernel census ------------------------------
 
 SMALL_KERNEL_ELEMENTS = 4096
-# Instructions that launch nothing: plumbing, the waits of async pairs (their start is counted)
-# and the control flow whose computations are walked instead.
+# Instructions that launch nothing: plumbing and the control flow whose computations are
+# walked instead. The waits and updates of async pairs (`*-done`, `*-update`) are left out
+# too: their start is counted.
 _NOT_KERNELS = frozenset({
     "parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
     "partition-id", "replica-id", "add-dependency", "opt-barrier", "domain", "while",
-    "conditional", "call", "all-reduce-done", "all-gather-done", "collective-permute-done",
-    "async-done", "async-update", "send-done", "recv-done", "copy-done"})
+    "conditional", "call"})
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
                 "all-to-all", "collective-broadcast", "ragged-all-to-all")
-_HOST = ("send", "recv", "infeed", "outfeed")
 
 
 @dataclasses.dataclass
@@ -257,17 +256,24 @@ class KernelCensus:
   """What one call of a compiled program launches, read from its optimised HLO.
 
   Each executed top-level instruction that does work (a fusion, a library call, a copy, a
-  collective's start, ...) counts once per execution: loop bodies count once per iteration of
-  their known trip count. `small` counts those whose largest operand or output has at most
-  SMALL_KERNEL_ELEMENTS elements (on an accelerator their time is launch and latency, not
-  arithmetic or bandwidth). A static count, not a timing: what a profile on the device would
-  attribute time to.
+  collective's start, ...) counts once per execution: a while loop's body counts once per
+  iteration of its known trip count (XLA then runs the body alone, without the condition).
+  `small` counts those whose largest operand or output has at most `small_elements`
+  elements (on an accelerator their time is launch and latency, not arithmetic or
+  bandwidth). `by_scope` maps each requested name-scope substring to (kernels, small) of the
+  instructions whose `op_name` metadata contains it (e.g. "spectral_norm"). A static count,
+  not a timing: what a profile on the device would attribute time to.
   """
   kernels: int = 0
   small: int = 0
+  small_elements: int = SMALL_KERNEL_ELEMENTS
   by_kind: dict = dataclasses.field(default_factory=dict)
+  by_scope: dict = dataclasses.field(default_factory=dict)
   collectives: int = 0
   host_transfers: int = 0
+  # Predicates that decide control flow on the host: every executed conditional and every
+  # condition of a loop whose trip count XLA does not know (XLA:GPU copies each to the host).
+  control_flow_syncs: int = 0
   in_branches: int = 0  # In conditional branches: all branches counted, each call runs one.
   unknown_trip_counts: int = 0  # While loops whose trip count XLA does not know: counted once.
 
@@ -292,33 +298,40 @@ def _split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
   return comps, entry
 
 
-def _parse_instruction(line: str) -> tuple[str, str, str, str] | None:
-  """(name, shape, opcode, rest after the opening parenthesis) of one HLO instruction line."""
+def _balanced(text: str) -> int:
+  """The index just past the parenthesis that closes text[0] == '(' (or len(text))."""
+  depth = 0
+  for i, ch in enumerate(text):
+    depth += ch == "("
+    depth -= ch == ")"
+    if depth == 0:
+      return i + 1
+  return len(text)
+
+
+def _parse_instruction(line: str) -> tuple[str, str, str, str, str] | None:
+  """(name, shape, opcode, operands, attributes) of one HLO instruction line."""
   import re
   m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
   if not m:
     return None
   rest = line[m.end():]
   if rest.startswith("("):  # A tuple shape: up to the matching parenthesis.
-    depth = 0
-    for i, ch in enumerate(rest):
-      depth += ch == "("
-      depth -= ch == ")"
-      if depth == 0:
-        break
-    shape, rest = rest[:i + 1], rest[i + 1:].lstrip()
+    end = _balanced(rest)
+    shape, rest = rest[:end], rest[end:].lstrip()
   else:
     shape, _, rest = rest.partition(" ")
   op = re.match(r"([\w\-]+)\(", rest)
   if not op:
     return None
-  return m.group(1), shape, op.group(1), rest[op.end():]
+  end = _balanced(rest[op.end() - 1:]) + op.end() - 1
+  return m.group(1), shape, op.group(1), rest[op.end():end - 1], rest[end:]
 
 
 def _elements(shape_text: str) -> list[int]:
   import re
   sizes = []
-  for dims in re.findall(r"\b[a-z]+\d*\[([\d,]*)\]", shape_text):
+  for dims in re.findall(r"\b[a-z][a-z0-9]*\[([\d,]*)\]", shape_text):
     n = 1
     for d in dims.split(","):
       if d:
@@ -327,10 +340,10 @@ def _elements(shape_text: str) -> list[int]:
   return sizes
 
 
-def _kind(op: str, args: str) -> str:
+def _kind(op: str, shape: str, attributes: str) -> str:
   import re
-  target = re.search(r'custom_call_target="([^"]*)"', args)
-  fusion_kind = re.search(r'"kind":"(__[\w$]+)"', args)
+  target = re.search(r'custom_call_target="([^"]*)"', attributes)
+  fusion_kind = re.search(r'"kind":"(__[\w$]+)"', attributes)
   if op == "custom-call":
     t = target.group(1).lower() if target else ""
     if "callback" in t or "host" in t:
@@ -344,8 +357,8 @@ def _kind(op: str, args: str) -> str:
     k = fusion_kind.group(1).lower() if fusion_kind else ""
     if "gemm" in k or "dot" in k or "blas" in k:
       return "GEMM (Triton / library fusion)"
-    if "conv" in k or "cudnn" in k:
-      return "convolution (library fusion)"
+    if "cudnn" in k:
+      return "cuDNN fusion"
     if k:
       return f"library fusion ({k.strip('_')})"
     return "XLA fusion"
@@ -353,22 +366,28 @@ def _kind(op: str, args: str) -> str:
     return "convolution"
   if op == "dot":
     return "GEMM"
+  if op == "copy-start" and "S(5)" in shape:  # To or from host memory (offloading).
+    return "host transfer"
   if op in ("copy", "copy-start", "transpose"):
     return "copy / transpose"
-  if op.removesuffix("-start") in _COLLECTIVES or op == "async-start" and any(
-      c in args for c in _COLLECTIVES):
-    return "collective"
-  if op in _HOST:
+  if op in ("send", "recv"):
+    return "host transfer" if "is_host_transfer=true" in attributes else "collective"
+  if op in ("infeed", "outfeed"):
     return "host transfer"
+  if op.removesuffix("-start") in _COLLECTIVES or (
+      op == "async-start" and any(c in attributes for c in _COLLECTIVES)):
+    return "collective"
   return "other"
 
 
-def kernel_census(hlo_text: str, small_elements: int = SMALL_KERNEL_ELEMENTS) -> KernelCensus:
+def kernel_census(hlo_text: str, small_elements: int = SMALL_KERNEL_ELEMENTS,
+                  scopes: tuple[str, ...] = ()) -> KernelCensus:
   """The static kernel census of a compiled program (`compiled.as_text()`): KernelCensus."""
   import re
   comps, entry = _split_computations(hlo_text)
-  census = KernelCensus()
+  census = KernelCensus(small_elements=small_elements)
   kinds: dict[str, int] = {}
+  in_scope = {scope: [0, 0] for scope in scopes}
 
   def walk(name: str, mult: int, in_branch: bool, depth: int) -> None:
     if depth > 64 or name not in comps:
@@ -378,52 +397,63 @@ def kernel_census(hlo_text: str, small_elements: int = SMALL_KERNEL_ELEMENTS) ->
       parsed = _parse_instruction(line)
       if parsed is None:
         continue
-      inst, shape, op, args = parsed
+      inst, shape, op, operands, attributes = parsed
       shapes[inst] = shape
       if op == "while":
-        trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', args)
-        if trip is None:
+        trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', attributes)
+        body = re.search(r"body=%?([\w.\-]+)", attributes)
+        cond = re.search(r"condition=%?([\w.\-]+)", attributes)
+        if trip is None:  # Counted as one iteration: the condition runs twice.
           census.unknown_trip_counts += 1
-        n = int(trip.group(1)) if trip else 1
-        body = re.search(r"body=%?([\w.\-]+)", args)
-        cond = re.search(r"condition=%?([\w.\-]+)", args)
+          census.control_flow_syncs += 2 * mult
+          if cond:
+            walk(cond.group(1), 2 * mult, in_branch, depth + 1)
         if body:
-          walk(body.group(1), mult * n, in_branch, depth + 1)
-        if cond:
-          walk(cond.group(1), mult * (n + 1), in_branch, depth + 1)
+          walk(body.group(1), mult * (int(trip.group(1)) if trip else 1), in_branch, depth + 1)
       elif op == "conditional":
-        branches = re.search(r"branch_computations=\{([^}]*)\}", args)
+        census.control_flow_syncs += mult
+        branches = re.search(r"branch_computations=\{([^}]*)\}", attributes)
         names = (re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else
-                 re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", args))
+                 re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", attributes))
         for b in names:
           walk(b, mult, True, depth + 1)
       elif op == "call":
-        callee = re.search(r"to_apply=%?([\w.\-]+)", args)
+        callee = re.search(r"to_apply=%?([\w.\-]+)", attributes)
         if callee:
           walk(callee.group(1), mult, in_branch, depth + 1)
-      if op in _NOT_KERNELS:
+      if op in _NOT_KERNELS or op.endswith(("-done", "-update")):
         continue
-      operands = args.split("), ")[0] if "), " in args else args.rstrip(")")
       sizes = _elements(shape) + _elements(operands) + [
           n for o in re.findall(r"%([\w.\-]+)", operands) for n in _elements(shapes.get(o, ""))]
-      kind = _kind(op, args)
+      small = max(sizes, default=0) <= small_elements
+      kind = _kind(op, shape, attributes)
       census.kernels += mult
-      census.small += mult if max(sizes, default=0) <= small_elements else 0
+      census.small += mult if small else 0
       census.collectives += mult if kind == "collective" else 0
       census.host_transfers += mult if kind in ("host transfer", "host callback") else 0
       census.in_branches += mult if in_branch else 0
       kinds[kind] = kinds.get(kind, 0) + mult
+      if in_scope:
+        op_name = re.search(r'op_name="([^"]*)"', attributes)
+        for scope, counts in in_scope.items():
+          if op_name and scope in op_name.group(1):
+            counts[0] += mult
+            counts[1] += mult if small else 0
 
   walk(entry, 1, False, 0)
   census.by_kind = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+  census.by_scope = {scope: tuple(counts) for scope, counts in in_scope.items()}
   return census
 
 
 def format_census(census: KernelCensus, per: str = "call") -> list[str]:
   lines = [f"kernels per {per}: {census.kernels} ({census.small} small: no operand or output "
-           f"over {SMALL_KERNEL_ELEMENTS} elements)",
-           "kernels by kind: " + ", ".join(f"{k} {n}" for k, n in census.by_kind.items()),
-           f"collectives: {census.collectives}; host transfers: {census.host_transfers}"]
+           f"over {census.small_elements} elements)",
+           "kernels by kind: " + ", ".join(f"{k} {n}" for k, n in census.by_kind.items())]
+  lines += [f"kernels in scope {scope}: {n} ({small} small)"
+            for scope, (n, small) in census.by_scope.items()]
+  lines.append(f"collectives: {census.collectives}; host transfers: {census.host_transfers}; "
+               f"control-flow syncs: {census.control_flow_syncs}")
   if census.in_branches:
     lines.append(f"in conditional branches (each call runs one): {census.in_branches}")
   if census.unknown_trip_counts:

@@ -126,8 +126,9 @@ def test_cpu_peak_is_the_better_of_xla_and_numpy_gemm(monkeypatch):
 
 # A hand-written optimised-HLO program whose census is known: a while loop of known trip count
 # 4 (a counter, a library convolution, a reduction of its 1M-element output to a scalar, an
-# async all-reduce of that scalar), a loop whose trip count XLA does not know, a conditional
-# with one and two kernels in its branches, and an outfeed to the host.
+# async all-reduce of that scalar; the first and third in a "spectral_norm" name scope), a
+# loop whose trip count XLA does not know, an async reduce-scatter, a conditional with one
+# and two kernels in its branches, and an outfeed to the host.
 CENSUS_HLO = """HloModule census, is_scheduled=true
 
 %add_comp (a: f32[], b: f32[]) -> f32[] {
@@ -141,10 +142,10 @@ CENSUS_HLO = """HloModule census, is_scheduled=true
   %i = s32[] get-tuple-element(%p), index=0
   %x = f32[1024,1024]{1,0} get-tuple-element(%p), index=1
   %one = s32[] constant(1)
-  %next = s32[] fusion(%i, %one), kind=kLoop, calls=%add_comp
+  %next = s32[] fusion(%i, %one), kind=kLoop, calls=%add_comp, metadata={op_name="jit(f)/spectral_norm/add"}
   %conv = (f32[1024,1024]{1,0}, u8[0]{0}) custom-call(%x), custom_call_target="__cudnn$convForward"
   %y = f32[1024,1024]{1,0} get-tuple-element(%conv), index=0
-  %norm = f32[] fusion(%y), kind=kInput, calls=%add_comp
+  %norm = f32[] fusion(%y), kind=kInput, calls=%add_comp, metadata={op_name="jit(f)/layer/spectral_norm/div"}
   %ars = f32[] all-reduce-start(%norm), replica_groups={}, to_apply=%add_comp
   %ard = f32[] all-reduce-done(%ars)
   ROOT %t = (s32[], f32[1024,1024]{1,0}) tuple(%next, %y)
@@ -187,6 +188,8 @@ ENTRY %main (x: f32[1024,1024], v: f32[8]) -> f32[] {
   %w2 = f32[8]{0} while(%v), condition=%cond2, body=%body2
   %y = f32[1024,1024]{1,0} get-tuple-element(%w), index=1
   %s = f32[] fusion(%y), kind=kInput, calls=%add_comp
+  %rss = f32[256,1024]{1,0} reduce-scatter-start(%y), replica_groups={}, dimensions={0}, to_apply=%add_comp
+  %rsd = f32[256,1024]{1,0} reduce-scatter-done(%rss)
   %pred = pred[] constant(true)
   %c = f32[] conditional(%pred, %s, %s), true_computation=%yes, false_computation=%no
   %tok = token[] after-all()
@@ -197,22 +200,43 @@ ENTRY %main (x: f32[1024,1024], v: f32[8]) -> f32[] {
 
 
 def test_kernel_census_counts_loop_bodies_per_iteration_and_small_kernels_by_their_operands():
-  c = perf.kernel_census(CENSUS_HLO)
-  # Loop body 4 x (counter, convolution, reduction, all-reduce start; the done is a wait),
-  # its condition 5 x, the unknown loop's body once and its condition twice, the entry's
-  # reduction, both conditional branches (1 + 2), the outfeed and the final copy.
-  assert c.kernels == 16 + 5 + 1 + 2 + 1 + 3 + 1 + 1
+  c = perf.kernel_census(CENSUS_HLO, scopes=("spectral_norm", "absent"))
+  # Loop body 4 x (counter, convolution, reduction, all-reduce start; the done is a wait; a
+  # loop of known trip count runs its body alone), the unknown loop's body once and its
+  # condition twice, the entry's reduction, the reduce-scatter start, both conditional
+  # branches (1 + 2), the outfeed and the final copy.
+  assert c.kernels == 16 + 1 + 2 + 1 + 1 + 3 + 1 + 1
   # Not small: the convolution and both reductions of the 1M-element tensor (a scalar out,
-  # a large operand in).
-  assert c.small == c.kernels - 4 - 4 - 1
-  assert c.by_kind == {"XLA fusion": 4 + 4 + 5 + 1 + 2 + 1 + 3, "convolution (library call)": 4,
-                       "collective": 4, "host transfer": 1, "copy / transpose": 1}
-  assert (c.collectives, c.host_transfers, c.in_branches, c.unknown_trip_counts) == (4, 1, 3, 1)
+  # a large operand in), and the reduce-scatter.
+  assert c.small == c.kernels - 4 - 4 - 1 - 1
+  assert c.by_kind == {"XLA fusion": 4 + 4 + 1 + 2 + 1 + 3, "convolution (library call)": 4,
+                       "collective": 4 + 1, "host transfer": 1, "copy / transpose": 1}
+  assert (c.collectives, c.host_transfers, c.in_branches, c.unknown_trip_counts) == (5, 1, 3, 1)
+  # The unknown loop's two condition evaluations and the conditional's predicate.
+  assert c.control_flow_syncs == 3
+  assert c.by_scope == {"spectral_norm": (8, 4), "absent": (0, 0)}
   lines = perf.format_census(c)
   assert lines[0] == f"kernels per call: {c.kernels} ({c.small} small: no operand or output over 4096 elements)"
+  assert "kernels in scope spectral_norm: 8 (4 small)" in lines
   assert any("unknown trip count" in l for l in lines) and any("branches" in l for l in lines)
+  assert perf.kernel_census(CENSUS_HLO, small_elements=2 ** 20).small == c.kernels
+  assert "over 1048576 elements" in perf.format_census(
+      perf.kernel_census(CENSUS_HLO, small_elements=2 ** 20))[0]
   with pytest.raises(ValueError, match="no ENTRY"):
     perf.kernel_census("HloModule empty")
+
+
+def test_kernel_census_attributes_spectral_norm_kernels_to_their_scope():
+  """SN layers put their power iteration, sigma and W / sigma in a name scope that the
+  compiled program's metadata keeps (and nothing else of the layer)."""
+  from biggan_jax.layers import SN_SCOPE, SNConv
+  m = SNConv(16)
+  x = jnp.ones((2, 8, 8, 8))
+  variables = m.init(jax.random.PRNGKey(0), x)
+  f = jax.jit(lambda v, x: m.apply(v, x, mutable=["spectral"]))
+  c = perf.kernel_census(f.lower(variables, x).compile().as_text(), scopes=(SN_SCOPE,))
+  in_scope, _ = c.by_scope[SN_SCOPE]
+  assert 0 < in_scope < c.kernels, c  # The convolution itself is outside the scope.
 
 
 def test_kernel_census_of_a_compiled_loop_grows_with_its_trip_count():
@@ -266,7 +290,10 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   assert re.search(r"GEMM on this CPU, (XLA's GEMM|NumPy's BLAS GEMM)\)$", fields["MFU"]), fields["MFU"]
   assert fields["peak memory"].endswith("(compiled memory analysis)")
   assert int(fields["kernels per iteration"].split()[0]) > 0
-  assert fields["collectives"] == "0; host transfers: 0"
+  assert fields["collectives"] == "0; host transfers: 0; control-flow syncs: 0"
+  total, small = map(int, re.match(r"(\d+) \((\d+) small\)$",
+                                   fields["kernels in scope spectral_norm"]).groups())
+  assert 0 < small <= total < int(fields["kernels per iteration"].split()[0])
   traces = [f for _, _, files in os.walk(tmp_path / "trace") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
   # The op time by kind, read from that trace: convolutions are there and the shares add up

@@ -332,6 +332,38 @@ def _adam_steps(torch, module, generator, steps):
     module.optim.step()
 
 
+def test_spectral_norm_step_is_biggan_pytorchs_power_iteration():
+  """One training-mode SN step against BigGAN-PyTorch's own `power_iteration`: the new u, the
+  singular value (stored and returned) and its gradient with respect to W, at float32
+  rounding, for matrices far from orthogonal (one iteration does not converge)."""
+  torch, BigGAN, _, _ = _reference_modules()
+  import flax.linen as nn
+  from biggan_jax import layers
+
+  class SN(nn.Module):
+    @nn.compact
+    def __call__(self, w):
+      return layers.spectral_normalize(self, w, 1e-6)
+
+  rng = np.random.default_rng(0)
+  for outputs, inputs in ((24, 72), (96, 20), (64, 576)):
+    # Far from orthogonal, so that one power iteration is not already exact.
+    w = (rng.normal(size=(outputs, inputs)) * np.linspace(0.5, 3, inputs)).astype(np.float32)
+    u0 = rng.normal(size=outputs).astype(np.float32)
+    weight = torch.tensor(w, requires_grad=True)
+    u_theirs = [torch.tensor(u0[None])]
+    svs, _, _ = BigGAN.layers.power_iteration(weight, u_theirs, update=True, eps=1e-6)
+    svs[0].backward()
+    variables = {"spectral": {"u": jnp.asarray(u0), "sigma": jnp.ones(())}}
+    sigma, updated = SN().apply(variables, jnp.asarray(w), mutable=["spectral"])
+    grad = jax.grad(lambda m: SN().apply(variables, m, mutable=["spectral"])[0])(jnp.asarray(w))
+    np.testing.assert_allclose(updated["spectral"]["u"], u_theirs[0][0].numpy(), rtol=2e-6,
+                               atol=2e-7)
+    np.testing.assert_allclose(sigma, svs[0].item(), rtol=1e-6)
+    np.testing.assert_allclose(updated["spectral"]["sigma"], svs[0].item(), rtol=1e-6)
+    np.testing.assert_allclose(grad, weight.grad.numpy(), rtol=2e-6, atol=2e-7)
+
+
 @pytest.mark.parametrize("deep", [False, True], ids=["biggan", "biggan_deep"])
 def test_biggan_pytorch_checkpoint_imports_exactly(deep, tmp_path):
   torch, BigGAN, BigGANdeep, utils = _reference_modules()
