@@ -59,7 +59,8 @@ pggan_row() {  # resolution
     grep -E "^res=" "$log" | while read -r line; do
       get() { echo "$line" | tr ' ' '\n' | grep -E "^$1=" | cut -d= -f2; }
       echo "| PGGAN r$res fading=$(get fading) | $(( $(get batch) / ndev )) | $(get ms/iteration) |" \
-           "$(get images/s) | $(get tflops) | $(get mfu) | $(get peak_mem_gib) GiB | $(get compile_s) s | |" >> "$out"
+           "$(get images/s) | $(get tflops) | $(get mfu) | $(get peak_mem_gib) GiB | $(get compile_s) s |" \
+           "$(get kernels) ($(get small_kernels) small) |" >> "$out"
     done
   fi
   tail -3 "$log" >&2
@@ -79,7 +80,8 @@ inception_row() {
     local ms; ms=$(python -c "print(f'{256 * $ndev / float(\"$(field 'images/s' "$log")\") * 1000:.1f}')")
     echo "| Inception 299 $dtype | 256 | $ms (per batch) | $(field 'images/s' "$log") |" \
          "$(field 'achieved TFLOP/s' "$log") | $(field 'MFU' "$log" | cut -d' ' -f1) |" \
-         "$(field 'peak memory' "$log" | cut -d' ' -f1-2) | | |" >> "$out"
+         "$(field 'peak memory' "$log" | cut -d' ' -f1-2) | |" \
+         "$(field 'kernels per batch' "$log" | sed -E 's/ small:.*/ small)/') |" >> "$out"
   fi
   tail -3 "$log" >&2
   rm -f "$log"
@@ -117,8 +119,9 @@ elapsed=$(( $(date +%s) - start ))
   echo "MFU: model FLOPs (XLA cost analysis) / time / the device's data-sheet peak for the row's dtype."
   echo "Whole script: ${elapsed} s."
   echo
-  echo "Kernels: launched per iteration (loop bodies per iteration), and how many are small (no operand"
-  echo "or output over 4096 elements), from the compiled HLO (gan_core.perf.kernel_census)."
+  echo "Kernels: launched per iteration (per batch for the Inception), loop bodies counted per"
+  echo "iteration, and how many are small (no operand or output over 4096 elements), from the"
+  echo "compiled HLO (gan_core.perf.kernel_census)."
   echo
   echo "| row | per-device batch | ms/iteration | images/s | TFLOP/s | MFU | peak memory | compile | kernels |"
   echo "|---|---|---|---|---|---|---|---|---|"

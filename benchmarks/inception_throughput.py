@@ -52,10 +52,13 @@ def time_ours(variables, images) -> float:
   with jax.default_matmul_precision("highest"):
     lowered = extractor._apply.lower(extractor.variables, batch)
   batches = -(-len(images) // extractor.batch_size)
+  compiled = lowered.compile()
   for line in perf.format_report(perf.flops_of(lowered), seconds / batches,
-                                 perf.peak_memory_bytes(lowered.compile()),
+                                 perf.peak_memory_bytes(compiled),
                                  "bfloat16" if FLAGS.bf16 else "float32"):
     print(line.replace("iteration", "batch"))
+  for line in perf.format_census(perf.kernel_census(compiled.as_text()), per="batch"):
+    print(line)
   return len(images) / seconds
 
 

@@ -10,7 +10,9 @@ data on all devices, and prints one line per phase:
 (images/s counts real images shown to D: num_d_steps * batch per iteration), followed by
 the phase's `gflop=` (model FLOPs per iteration, XLA's cost analysis of the iteration traced
 without loops), `tflops=` (achieved), `mfu=` (against the device peak for the config's compute
-dtype, see gan_core/perf.py) and `peak_mem_gib=` (compiled memory analysis).
+dtype, see gan_core/perf.py), `peak_mem_gib=` (compiled memory analysis), and `kernels=` /
+`small_kernels=` (kernels launched per iteration and how many of them are small,
+`gan_core.perf.kernel_census`).
 `--profile=DIR` writes a `jax.profiler` trace of the timed iterations (all phases).
 """
 from __future__ import annotations
@@ -92,10 +94,11 @@ def main(_):
       memory = perf.peak_memory_bytes(compiled)
       mfu = "n/a" if u["mfu"] is None else f"{100 * u['mfu']:.2f}%"
       mem = "n/a" if memory is None else f"{memory / 2 ** 30:.3f}"
+      census = perf.kernel_census(compiled.as_text())
       print(f"res={res} fading={fading} batch={batch_size} compile_s={compile_s:.1f} "
             f"ms/iteration={ms:.1f} images/s={images / ms * 1000:.1f} "
-            f"gflop={flops / 1e9:.2f} tflops={u['tflops']:.3f} mfu={mfu} peak_mem_gib={mem}",
-            flush=True)
+            f"gflop={flops / 1e9:.2f} tflops={u['tflops']:.3f} mfu={mfu} peak_mem_gib={mem} "
+            f"kernels={census.kernels} small_kernels={census.small}", flush=True)
 
 
 if __name__ == "__main__":
