@@ -306,6 +306,37 @@ def test_train_step_benchmark_prints_utilisation_and_writes_a_trace(tmp_path):
   assert float(fields["traced op time"].split(" ms")[0]) > 0
 
 
+def test_pggan_phases_benchmark_prints_utilisation_and_kernels_per_phase():
+  out = run_benchmark("pggan_phases.py", 2, f"--config={REPO / 'configs' / 'pggan_digits32.py'}",
+                      "--resolutions=4,8", "--steps=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [dict(item.split("=", 1) for item in line.split())
+          for line in out.stdout.splitlines() if line.startswith("res=")]
+  # 4: the stable phase; 8: its fade-in and stable phases.
+  assert [(r["res"], r["fading"]) for r in rows] == [
+      ("4", "False"), ("8", "True"), ("8", "False")], out.stdout
+  for r in rows:
+    assert float(r["gflop"]) > 0 and float(r["tflops"]) > 0 and r["mfu"].endswith("%"), r
+    assert float(r["peak_mem_gib"]) > 0, r
+    assert 0 < int(r["small_kernels"]) <= int(r["kernels"]), r
+  # Fading in adds the skip path's layers: more kernels than the stable phase at 8.
+  assert int(rows[1]["kernels"]) > int(rows[2]["kernels"]), rows
+
+
+def test_inception_benchmark_prints_utilisation_and_kernels_per_batch():
+  out = run_benchmark("inception_throughput.py", 1, "--torch=false", "--num_images=8",
+                      "--batch_size=8", "--image_size=64")
+  assert out.returncode == 0, out.stderr[-3000:]
+  fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+  assert float(fields["model GFLOP/batch"]) > 0
+  assert float(fields["images/s"]) > 0
+  assert re.search(r"GEMM on this CPU, (XLA's GEMM|NumPy's BLAS GEMM)\)$", fields["MFU"]), fields
+  assert fields["peak memory"].endswith("(compiled memory analysis)")
+  kernels, small = map(int, re.match(r"(\d+) \((\d+) small", fields["kernels per batch"]).groups())
+  assert 0 < small < kernels
+  assert "convolution" in fields["kernels by kind"]
+
+
 def test_model_flops_leave_out_what_the_memory_knobs_recompute(tiny):
   """MFU counts the model's arithmetic: with model.remat and model.attention_query_chunk on
   (the same function), train_step.py's model FLOPs are the plain iteration's, although the
