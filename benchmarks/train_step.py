@@ -96,12 +96,13 @@ def main(_):
                                  perf.dtype_name(config.model.compute_dtype)):
     print(line)
   from biggan_jax.layers import SN_SCOPE
-  census = perf.kernel_census(compiled.as_text(), scopes=(SN_SCOPE,))
+  hlo_text = compiled.as_text()  # Megabytes for a full model: rendered once, read twice.
+  census = perf.kernel_census(hlo_text, scopes=(SN_SCOPE,))
   for line in perf.format_census(census, per="iteration"):
     print(line)
   if FLAGS.profile:
     print(f"trace: {FLAGS.profile}")
-    breakdown = perf.op_breakdown(FLAGS.profile, compiled.as_text())
+    breakdown = perf.op_breakdown(FLAGS.profile, hlo_text)
     for line in perf.format_breakdown(breakdown):
       print(line)
     if not breakdown:

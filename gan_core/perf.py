@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from typing import Any, Iterator
 
@@ -173,7 +174,6 @@ def trace(directory: str | None) -> Iterator[None]:
 
 def _op_kind(name: str, hlo_line: str) -> str:
   """A coarse kind for one compiled op, from its HLO line (shape and source metadata)."""
-  import re
   op = re.search(r'op_name="([^"]*)"', hlo_line)
   op = op.group(1) if op else ""
   shape = re.match(r"\w+\[([\d,]*)\]", hlo_line)
@@ -207,7 +207,6 @@ def op_breakdown(trace_dir: str, hlo_text: str) -> list[tuple[str, float]]:
   import collections
   import glob
   import os
-  import re
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   lines = {}
   for line in hlo_text.splitlines():
@@ -279,7 +278,6 @@ class KernelCensus:
 
 
 def _split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
-  import re
   comps: dict[str, list[str]] = {}
   entry, current = "", None
   for line in hlo_text.splitlines():
@@ -311,7 +309,6 @@ def _balanced(text: str) -> int:
 
 def _parse_instruction(line: str) -> tuple[str, str, str, str, str] | None:
   """(name, shape, opcode, operands, attributes) of one HLO instruction line."""
-  import re
   m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
   if not m:
     return None
@@ -329,7 +326,6 @@ def _parse_instruction(line: str) -> tuple[str, str, str, str, str] | None:
 
 
 def _elements(shape_text: str) -> list[int]:
-  import re
   sizes = []
   for dims in re.findall(r"\b[a-z][a-z0-9]*\[([\d,]*)\]", shape_text):
     n = 1
@@ -341,7 +337,6 @@ def _elements(shape_text: str) -> list[int]:
 
 
 def _kind(op: str, shape: str, attributes: str) -> str:
-  import re
   target = re.search(r'custom_call_target="([^"]*)"', attributes)
   fusion_kind = re.search(r'"kind":"(__[\w$]+)"', attributes)
   if op == "custom-call":
@@ -383,7 +378,6 @@ def _kind(op: str, shape: str, attributes: str) -> str:
 def kernel_census(hlo_text: str, small_elements: int = SMALL_KERNEL_ELEMENTS,
                   scopes: tuple[str, ...] = ()) -> KernelCensus:
   """The static kernel census of a compiled program (`compiled.as_text()`): KernelCensus."""
-  import re
   comps, entry = _split_computations(hlo_text)
   census = KernelCensus(small_elements=small_elements)
   kinds: dict[str, int] = {}
